@@ -1,0 +1,1 @@
+"""Kernels of jrtc: Triton sources beside their plain PyTorch references (installed as ``jrtc.plugins``)."""

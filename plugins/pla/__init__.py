@@ -1,0 +1,1 @@
+"""Prefix linear attention (PLA): ``naive`` is the PyTorch reference the kernels are tested against."""
