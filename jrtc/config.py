@@ -140,5 +140,7 @@ def _mixer_type(mixer: dict[str, Any], field: str, default: str) -> str:
         return default
     name = str(target).rsplit(".", 1)[-1]
     if name not in _MIXER_CLASSES:
-        raise JrtcError(f"unknown layer type {target!r} in config.json {field}; jrtc supports {sorted(_MIXER_CLASSES)}")
+        raise JrtcError(
+            f"unknown layer type {target!r} in config.json {field}; jrtc supports {sorted(_MIXER_CLASSES)}"
+        )
     return _MIXER_CLASSES[name]

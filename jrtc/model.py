@@ -73,15 +73,18 @@ class JRTModel(nn.Module):
         spec: dict[str, tuple[tuple[int, ...], torch.dtype]] = {"pos": ((), torch.int64)}
         for i, block in enumerate(self.transformer.layers):
             for name, (shape, dtype) in block.mixer.state_spec().items():
-                spec[f"layers.{i}.{name}"] = (shape, model_dtype if dtype == "model" else getattr(torch, dtype))
+                spec[f"layers.{i}.{name}"] = (
+                    shape,
+                    model_dtype if dtype == "model" else getattr(torch, dtype),
+                )
         return spec
 
-    def state_bytes(self) -> int:
-        """Bytes of recurrent state per sequence, whatever the prompt or output length."""
-        total = 0
-        for shape, dtype in self.state_spec().values():
-            total += torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-        return total
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of each state tensor per sequence, whatever the prompt or output length."""
+        return {
+            name: torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+            for name, (shape, dtype) in self.state_spec().items()
+        }
 
     def init_state(self, batch_size: int) -> State:
         device = self.lm_head.weight.device
@@ -126,7 +129,9 @@ class JRTModel(nn.Module):
         return logits
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, state: State, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def prefill(
+        self, input_ids: torch.Tensor, state: State, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Consume a prompt (or the next chunk of one), updating ``state`` in place; logits ``[B, L, V]``."""
         logits, next_state = self.forward_step(input_ids, state, None if mask is None else mask.bool())
         _assign(state, next_state)
@@ -144,7 +149,9 @@ class JRTModel(nn.Module):
         import os
 
         if self.lm_head.weight.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise JrtcError("use_kernels needs a CUDA device, or TRITON_INTERPRET=1 to run the kernels on the CPU")
+            raise JrtcError(
+                "use_kernels needs a CUDA device, or TRITON_INTERPRET=1 to run the kernels on the CPU"
+            )
         try:
             from jrtc.plugins.pla import ops
         except ImportError as e:

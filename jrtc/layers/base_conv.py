@@ -14,7 +14,9 @@ class ShortConvolution(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(channels, channels, KERNEL_SIZE, groups=channels, padding=KERNEL_SIZE - 1, bias=False)
+        self.conv = nn.Conv1d(
+            channels, channels, KERNEL_SIZE, groups=channels, padding=KERNEL_SIZE - 1, bias=False
+        )
 
 
 class BaseConv(nn.Module):
@@ -35,7 +37,11 @@ class BaseConv(nn.Module):
         return {"conv": ((self.inner, KERNEL_SIZE - 1), "model")}
 
     def forward(
-        self, x: torch.Tensor, state: dict[str, torch.Tensor], pos: torch.Tensor, key_mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        pos: torch.Tensor,
+        key_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         u1, u2 = self.in_proj(x).split(self.inner, dim=-1)
         window = torch.cat([state["conv"], u1.transpose(1, 2)], dim=-1)  # [B, 2d, 2 + L]

@@ -42,7 +42,11 @@ class PrefixLinearAttention(nn.Module):
         return t.view(t.shape[0], t.shape[1], self.num_heads, dim)
 
     def forward(
-        self, x: torch.Tensor, state: dict[str, torch.Tensor], pos: torch.Tensor, key_mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        pos: torch.Tensor,
+        key_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         q = self._heads(self.proj_q(x), self.feature_dim)
         k = self._heads(self.proj_k(x), self.feature_dim)

@@ -34,7 +34,9 @@ def ring_positions(end: torch.Tensor, ring: int) -> torch.Tensor:
 
 
 class SlidingWindowAttention(nn.Module):
-    def __init__(self, d_model: int, num_heads: int, window_size: int, rotary_fraction: float, rotary_base: float):
+    def __init__(
+        self, d_model: int, num_heads: int, window_size: int, rotary_fraction: float, rotary_base: float
+    ):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, d_model // num_heads
         self.ring = window_size // 2
@@ -48,7 +50,11 @@ class SlidingWindowAttention(nn.Module):
         return {"k": (shape, "model"), "v": (shape, "model")}
 
     def forward(
-        self, x: torch.Tensor, state: dict[str, torch.Tensor], pos: torch.Tensor, key_mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        pos: torch.Tensor,
+        key_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # The reference does not apply the pad mask here: pads are ordinary tokens for SWA.
         batch, length, d_model = x.shape
@@ -72,6 +78,8 @@ class SlidingWindowAttention(nn.Module):
         # Slot s now holds the latest position < pos + L that maps to it: new if it was in this call.
         latest = ring_positions(pos + length, self.ring)
         from_call = latest >= pos[:, None]
-        index = torch.where(from_call, self.ring + latest - pos[:, None], torch.arange(self.ring, device=x.device))
+        index = torch.where(
+            from_call, self.ring + latest - pos[:, None], torch.arange(self.ring, device=x.device)
+        )
         index = index[:, None, :, None].expand(batch, self.num_heads, self.ring, self.head_dim)
         return y, {"k": keys.gather(2, index), "v": values.gather(2, index)}
