@@ -9,6 +9,7 @@ import click
 
 from jrtc import __version__
 from jrtc.errors import JrtcError
+from jrtc.runtime.cli import run_command
 
 
 class _Group(click.Group):
@@ -42,3 +43,6 @@ def info(checkpoint: str, as_json: bool) -> None:
         return
     for key, value in summary.items():
         click.echo(f"{key:>26}: {value}")
+
+
+main.add_command(run_command, "run")
