@@ -9,6 +9,16 @@ from torch import nn
 KERNEL_SIZE = 3
 
 
+def short_conv(
+    u: torch.Tensor, state: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal convolution of ``u [B, C, L]`` continuing from ``state [B, C, 2]`` (the two previous
+    inputs) with ``weight [C, 1, 3]`` -> ``c [B, C, L]`` and the next state."""
+    window = torch.cat([state, u], dim=-1)  # [B, C, 2 + L]
+    c = F.conv1d(window, weight, groups=weight.shape[0])  # valid conv: L outputs
+    return c, window[..., -(KERNEL_SIZE - 1) :]
+
+
 class ShortConvolution(nn.Module):
     """Holds the depthwise kernel under the reference's name (``conv.conv.weight``), without bias."""
 
@@ -32,6 +42,7 @@ class BaseConv(nn.Module):
         self.in_proj = nn.Linear(d_model, 2 * self.inner, bias=True)
         self.conv = ShortConvolution(self.inner)
         self.out_proj = nn.Linear(self.inner, d_model, bias=True)
+        self.short_conv = short_conv  # the core, called through the instance so that jrtc.export can swap it
 
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {"conv": ((self.inner, KERNEL_SIZE - 1), "model")}
@@ -44,7 +55,6 @@ class BaseConv(nn.Module):
         key_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         u1, u2 = self.in_proj(x).split(self.inner, dim=-1)
-        window = torch.cat([state["conv"], u1.transpose(1, 2)], dim=-1)  # [B, 2d, 2 + L]
-        c = F.conv1d(window, self.conv.conv.weight, groups=self.inner)  # valid conv: L outputs
+        c, conv_state = self.short_conv(u1.transpose(1, 2), state["conv"], self.conv.conv.weight)
         y = self.out_proj(F.silu(c).transpose(1, 2) * u2)
-        return y, {"conv": window[..., -(KERNEL_SIZE - 1) :]}
+        return y, {"conv": conv_state}
