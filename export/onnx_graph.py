@@ -1,0 +1,218 @@
+"""Trace a JRT-RNN model into the ONNX step graph of docs/interfaces.md.
+
+``step(input_ids [B, L], start_pos [B], num_pad [B], state...) -> (logits [B, V], next state...)`` is
+``model.forward_step(input_ids, state, key_mask, last_only=True)`` traced by the dynamo exporter, with the
+mixer cores swapped for ``torch.onnx.ops.symbolic`` nodes in domain ``jrtc`` while tracing. The exporter
+inlines every local function it knows about when it sets the opset, so the nodes go in bare and their
+standard-op bodies (``onnx_functions``) are attached afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+import torch
+from jrtc.export import onnx_functions
+from jrtc.export.onnx_functions import DOMAIN, OPSET
+from jrtc.plugins.pla.naive import EXPANDED_DIM
+from torch import nn
+
+from jrtc.errors import JrtcError
+from jrtc.layers import BaseConv, PrefixLinearAttention, SlidingWindowAttention
+from jrtc.model import JRTModel
+
+# What the TensorRT ONNX parser needs to pick a plugin over the local function (reference/tensorrt.md §3.2).
+PLUGIN_ATTRS = {"plugin_namespace": DOMAIN, "plugin_version": "1", "aot": 1}
+EXTERNAL_DATA_BYTES = 2**31 - 2**24  # protobuf's 2 GiB limit, less room for the graph itself
+
+
+def _node(op_type: str, inputs: list[torch.Tensor], outputs: list[tuple[torch.dtype, tuple]], **attrs):
+    return torch.onnx.ops.symbolic_multi_out(
+        f"{DOMAIN}::{op_type}",
+        inputs,
+        {**attrs, **PLUGIN_ATTRS},
+        dtypes=[dtype for dtype, _ in outputs],
+        shapes=[shape for _, shape in outputs],
+        version=1,
+    )
+
+
+class GraphOps:
+    """The mixer cores as ``jrtc`` nodes, with the signatures of ``naive`` and the ``jrtc.layers`` cores.
+
+    Only meaningful under ``torch.onnx.export``: eagerly the nodes return placeholders.
+    """
+
+    @staticmethod
+    def pla_encode(
+        k_enc: torch.Tensor, v_enc: torch.Tensor, key_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, _, heads, _ = k_enc.shape
+        return _node(
+            "pla_encode",
+            [k_enc, v_enc, key_mask],
+            [
+                (torch.float32, (batch, heads, EXPANDED_DIM, v_enc.shape[3])),
+                (torch.float32, (batch, heads, EXPANDED_DIM)),
+            ],
+        )
+
+    @staticmethod
+    def pla_causal(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv0: torch.Tensor,
+        z0: torch.Tensor,
+        key_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _node(
+            "pla_causal",
+            [q, k, v, kv0, z0, key_mask],
+            [(v.dtype, tuple(v.shape)), (torch.float32, tuple(kv0.shape)), (torch.float32, tuple(z0.shape))],
+        )
+
+    @staticmethod
+    def window_attention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_ring: torch.Tensor,
+        v_ring: torch.Tensor,
+        pos: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _node(
+            "sliding_window_attention",
+            [q, k, v, k_ring, v_ring, pos],
+            [
+                (q.dtype, tuple(q.shape)),
+                (k_ring.dtype, tuple(k_ring.shape)),
+                (v_ring.dtype, tuple(v_ring.shape)),
+            ],
+            scale=q.shape[-1] ** -0.5,
+        )
+
+    @staticmethod
+    def short_conv(
+        u: torch.Tensor, state: torch.Tensor, weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return _node(
+            "short_conv", [u, state, weight], [(u.dtype, tuple(u.shape)), (state.dtype, tuple(state.shape))]
+        )
+
+
+@contextlib.contextmanager
+def _graph_cores(model: JRTModel) -> Iterator[None]:
+    """Route every mixer's core through :class:`GraphOps` for the duration of the trace."""
+    hooks = {PrefixLinearAttention: "ops", SlidingWindowAttention: "window_attention", BaseConv: "short_conv"}
+    saved = []
+    for block in model.transformer.layers:
+        name = hooks[type(block.mixer)]
+        saved.append((block.mixer, name, getattr(block.mixer, name)))
+        setattr(block.mixer, name, GraphOps if name == "ops" else getattr(GraphOps, name))
+    try:
+        yield
+    finally:
+        for mixer, name, core in saved:
+            setattr(mixer, name, core)
+
+
+class StepGraph(nn.Module):
+    """The traced function: the contract's graph inputs in, logits and the next state out."""
+
+    def __init__(self, model: JRTModel) -> None:
+        super().__init__()
+        self.model = model
+        self.state_names = [name for name in model.state_spec() if name != "pos"]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        start_pos: torch.Tensor,
+        num_pad: torch.Tensor,
+        state: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        key_mask = positions[None, :] >= num_pad[:, None]  # True = real token; the first num_pad are pads
+        logits, next_state = self.model.forward_step(
+            input_ids,
+            {"pos": start_pos, **dict(zip(self.state_names, state, strict=True))},
+            key_mask,
+            last_only=True,
+        )
+        return (logits, *(next_state[name] for name in self.state_names))
+
+
+def io_names(model: JRTModel) -> tuple[list[str], list[str]]:
+    """Graph input and output names, in order (docs/interfaces.md)."""
+    names = [name for name in model.state_spec() if name != "pos"]
+    return (
+        ["input_ids", "start_pos", "num_pad", *(f"state.{n}" for n in names)],
+        ["logits", *(f"next.{n}" for n in names)],
+    )
+
+
+def trace_step_graph(model: JRTModel) -> ir.Model:
+    """The step graph with its ``jrtc`` functions attached, as an in-memory ONNX IR model."""
+    if model.lm_head.weight.dtype != torch.float32:
+        raise JrtcError("the cpu target exports fp32 models; load the checkpoint with dtype=torch.float32")
+    graph = StepGraph(model).eval()
+    # Example sizes that no weight shape shares, so the exporter cannot mistake B or L for a constant.
+    batch, length = 2, 3
+    state = [t for name, t in model.init_state(batch).items() if name != "pos"]
+    args = (
+        torch.zeros(batch, length, dtype=torch.int64),
+        torch.zeros(batch, dtype=torch.int64),
+        torch.zeros(batch, dtype=torch.int64),
+        state,
+    )
+    b, seq = torch.export.Dim("batch"), torch.export.Dim("length")
+    dynamic_shapes = {
+        "input_ids": {0: b, 1: seq},
+        "start_pos": {0: b},
+        "num_pad": {0: b},
+        "state": [{0: b} for _ in state],
+    }
+    input_names, output_names = io_names(model)
+    with _graph_cores(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
+        program = torch.onnx.export(
+            graph,
+            args,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=OPSET,
+            verbose=False,
+        )
+    onnx_model = program.model
+    for function in onnx_functions.FUNCTIONS:
+        ir_function = ir.serde.deserialize_function(function.to_function_proto())
+        onnx_model.functions[ir_function.identifier()] = ir_function
+    onnx_model.opset_imports[DOMAIN] = 1
+    return onnx_model
+
+
+def save(onnx_model: ir.Model, path: Path) -> list[Path]:
+    """Write ``path`` (and ``path.data`` when the weights pass 2 GB); returns the files written."""
+    weight_bytes = sum(v.const_value.nbytes for v in onnx_model.graph.initializers.values() if v.const_value)
+    if weight_bytes < EXTERNAL_DATA_BYTES:
+        ir.save(onnx_model, path)
+        return [path]
+    data = path.with_name(path.name + ".data")
+    ir.save(onnx_model, path, external_data=data.name)
+    return [path, data]
+
+
+def check(path: Path) -> None:
+    """``onnx.checker`` with full shape inference; by path so that external data is fine too."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise JrtcError(f"the exported graph is invalid: {str(e).splitlines()[0]}") from None
