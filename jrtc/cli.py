@@ -9,6 +9,7 @@ import click
 
 from jrtc import __version__
 from jrtc.errors import JrtcError
+from jrtc.export.cli import export_command
 from jrtc.runtime.cli import run_command
 
 
@@ -45,4 +46,9 @@ def info(checkpoint: str, as_json: bool) -> None:
         click.echo(f"{key:>26}: {value}")
 
 
+main.add_command(export_command, "export")
 main.add_command(run_command, "run")
+
+
+if __name__ == "__main__":
+    main()
