@@ -1,0 +1,202 @@
+"""Write an engine directory (docs/interfaces.md): the engine, ``jrtc.json`` and ``tokenizer.json``.
+
+Everything is written into a temporary directory beside the target and renamed into place at the end, so a
+failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, DEFAULT_MAX_PROMPT_LEN, TARGETS, onnx_graph
+from jrtc.export.onnx_functions import OPSET
+from jrtc.plugins.pla.naive import FEATURE_LAYOUT
+
+# The reader's own constants and checksum, so that writer and reader agree by construction.
+from jrtc.runtime.engine import FORMAT_VERSION, MANIFEST
+from jrtc.runtime.engine import _sha256 as checksum
+
+import jrtc
+from jrtc.checkpoint import load_checkpoint
+from jrtc.errors import JrtcError
+from jrtc.model import JRTModel
+from jrtc.tokenizer import byte_level_tokenizer_json, load_tokenizer, pad_token_id
+
+ENGINE = "model.onnx"
+TOKENIZER = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote, for the summary."""
+
+    directory: Path
+    files: dict[str, int]  # name -> bytes
+    manifest: dict[str, Any]
+
+
+def check_target(target: str) -> None:
+    """Refuse, in one line, the targets this build cannot produce."""
+    if target == "cpu":
+        return
+    if target in ("h100", "h200"):
+        missing = "" if importlib.util.find_spec("tensorrt") else "; TensorRT is not installed either"
+        raise JrtcError(
+            f"target {target} is not available in this build: TensorRT engine building is not implemented "
+            f"yet{missing}; export with --target cpu"
+        )
+    if target == "cuda":
+        raise JrtcError(
+            "target cuda is not available in this build: the Triton-kernel engine is not implemented yet; "
+            "export with --target cpu"
+        )
+    raise JrtcError(f"unknown target {target!r}; jrtc targets: {', '.join(TARGETS)}")
+
+
+def resolve_tokenizer(checkpoint: Path, tokenizer: str | None) -> str:
+    """The ``tokenizer.json`` text to ship: ``bytes``, a file, or the one beside the checkpoint."""
+    if tokenizer == BYTES_TOKENIZER:
+        return byte_level_tokenizer_json()
+    if tokenizer is None:
+        beside = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / TOKENIZER
+        if not beside.is_file():
+            raise JrtcError(
+                f"no tokenizer: {beside} does not exist; pass --tokenizer PATH (a tokenizer.json) "
+                "or --tokenizer bytes (byte-level)"
+            )
+        path = beside
+    else:
+        path = Path(tokenizer)
+    load_tokenizer(path)  # a one-line error for a missing or malformed file
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise JrtcError(f"cannot read tokenizer {path}: {e}") from None
+
+
+def check_tokenizer_fits(tokenizer_json: str, model: JRTModel) -> None:
+    """The runtime pads prompts with the tokenizer's space and feeds its ids: both must fit the model."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    cfg = model.config
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > cfg.vocab_size:
+        raise JrtcError(
+            f"the tokenizer does not fit the model: it has {size} tokens, the model {cfg.vocab_size}"
+        )
+    space = pad_token_id(tokenizer)
+    if space != cfg.pad_token_id:
+        raise JrtcError(
+            f"the tokenizer does not fit the model: it encodes a space as {space}, the model pads with "
+            f"{cfg.pad_token_id}"
+        )
+
+
+def build_manifest(
+    model: JRTModel, max_batch: int, max_prompt_len: int, checksums: dict[str, str]
+) -> dict[str, Any]:
+    cfg = model.config
+    spec = {name: v for name, v in model.state_spec().items() if name != "pos"}  # pos is the runtime's
+    state_bytes = model.state_bytes()
+    inputs, outputs = onnx_graph.io_names(model)
+    return {
+        "format_version": FORMAT_VERSION,
+        "jrtc_version": jrtc.__version__,
+        "target": "cpu",
+        "backend": "onnxruntime",
+        "engine": ENGINE,
+        "model": cfg.to_dict(),
+        "vocab_size": cfg.vocab_size,
+        "vocab_size_padded": cfg.vocab_size_padded,
+        "enc_length": cfg.enc_length,
+        "pad_token_id": cfg.pad_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "max_batch": max_batch,
+        "max_prompt_len": max_prompt_len,
+        "state": [
+            {"name": name, "shape": list(shape), "dtype": str(dtype).removeprefix("torch.")}
+            for name, (shape, dtype) in spec.items()
+        ],
+        "state_bytes_per_sequence": sum(state_bytes[name] for name in spec),
+        "feature_layout": FEATURE_LAYOUT,
+        "inputs": inputs,
+        "outputs": outputs,
+        "tokenizer": TOKENIZER,
+        "checksums": checksums,
+        "built_with": {"torch": torch.__version__, "onnx": onnx.__version__, "opset": OPSET},
+    }
+
+
+def _install(staging: Path, output: Path) -> None:
+    """Move the finished directory into place; an older engine directory there is replaced."""
+    if not output.exists():
+        staging.rename(output)
+        return
+    if not (output / MANIFEST).is_file():
+        raise JrtcError(f"{output} exists and is not a jrtc engine directory; remove it or pick another -o")
+    retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+    output.rename(retired / output.name)
+    staging.rename(output)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def export_engine(
+    checkpoint: Path,
+    output: Path,
+    target: str = "cpu",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_prompt_len: int | None = None,
+    tokenizer: str | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> Exported:
+    """Export ``checkpoint`` for ``target`` into the engine directory ``output``."""
+    check_target(target)
+    if max_batch < 1:
+        raise JrtcError(f"--max-batch must be at least 1, got {max_batch}")
+    progress(f"tokenizer: {tokenizer or 'beside the checkpoint'}")
+    tokenizer_json = resolve_tokenizer(checkpoint, tokenizer)
+    progress(f"loading {checkpoint}")
+    model = load_checkpoint(checkpoint, dtype=torch.float32)
+    check_tokenizer_fits(tokenizer_json, model)
+    enc_length = model.config.enc_length
+    if max_prompt_len is None:
+        max_prompt_len = max(DEFAULT_MAX_PROMPT_LEN, enc_length)
+    if max_prompt_len < max(enc_length, 1):
+        raise JrtcError(
+            f"--max-prompt-len {max_prompt_len} is shorter than enc_length {enc_length}: "
+            "a prompt's first call must hold its whole encoder"
+        )
+
+    output = output.resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        progress(f"tracing the step graph ({model.config.n_layer} layers)")
+        graph = onnx_graph.trace_step_graph(model)
+        progress(f"writing {ENGINE}")
+        written = onnx_graph.save(graph, staging / ENGINE)
+        progress("checking the graph (onnx.checker, full)")
+        onnx_graph.check(staging / ENGINE)
+        (staging / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
+        progress("checksums and manifest")
+        names = [p.name for p in written] + [TOKENIZER]
+        manifest = build_manifest(
+            model, max_batch, max_prompt_len, {name: checksum(staging / name) for name in names}
+        )
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        files = {name: (staging / name).stat().st_size for name in [*names, MANIFEST]}
+        _install(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Exported(output, files, manifest)

@@ -1,0 +1,85 @@
+"""``jrtc export``: compile a checkpoint into an engine directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, TARGETS
+
+if TYPE_CHECKING:
+    from jrtc.export.build import Exported
+
+
+def _size(n: int) -> str:
+    size, unit = float(n), "B"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+def summary_lines(exported: Exported) -> list[str]:
+    m = exported.manifest
+    state = m["state_bytes_per_sequence"]
+    lines = [f"engine directory {exported.directory} (target {m['target']}, backend {m['backend']})"]
+    lines += [f"  {name:<20} {_size(size):>10}" for name, size in exported.files.items()]
+    lines.append(
+        f"state per sequence: {_size(state)} in {len(m['state'])} tensors; "
+        f"pool of {m['max_batch']}: {_size(state * m['max_batch'])}"
+    )
+    batch = "B"
+    lines.append(
+        f"inputs: input_ids [{batch}, L] int64, start_pos [{batch}] int64, num_pad [{batch}] int64, "
+        f"{len(m['state'])} state.* tensors (L <= max_prompt_len {m['max_prompt_len']})"
+    )
+    lines.append(
+        f"outputs: logits [{batch}, {m['vocab_size_padded']}] float32, {len(m['state'])} next.* tensors"
+    )
+    return lines
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option(
+    "--target", type=click.Choice(TARGETS), default="cpu", show_default=True, help="What to build for."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Engine directory [default: <checkpoint>-<target>].",
+)
+@click.option("--max-batch", type=int, default=DEFAULT_MAX_BATCH, show_default=True, help="State-pool size.")
+@click.option(
+    "--max-prompt-len", type=int, help="Largest L of one prefill call [default: max(512, enc_length)]."
+)
+@click.option(
+    "--tokenizer",
+    metavar="PATH|bytes",
+    help=f"A tokenizer.json, or '{BYTES_TOKENIZER}' for the byte-level one [default: tokenizer.json beside the checkpoint].",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def export_command(
+    checkpoint: Path,
+    target: str,
+    output: Path | None,
+    max_batch: int,
+    max_prompt_len: int | None,
+    tokenizer: str | None,
+    quiet: bool,
+) -> None:
+    """Compile CHECKPOINT (an HF directory or a jrtc .pt) into an engine directory for `jrtc run`."""
+    from jrtc.export.build import export_engine  # torch and the exporter load only when exporting
+
+    def progress(message: str) -> None:
+        if not quiet:
+            click.echo(f"jrtc export: {message}", err=True)
+
+    if output is None:
+        output = Path(f"{checkpoint.resolve().stem}-{target}")
+    exported = export_engine(checkpoint, output, target, max_batch, max_prompt_len, tokenizer, progress)
+    if not quiet:
+        click.echo("\n".join(summary_lines(exported)))
