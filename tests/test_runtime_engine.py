@@ -1,0 +1,425 @@
+"""The runtime on exported engines: ONNX Runtime against the PyTorch model, continuous batching, constant
+memory, a torch-free import, and the CLI's handling of bad input.
+
+Engines are exported once per session with ``jrtc export`` (the built-in example and random checkpoints in
+the original HF layout); each test that damages one works on a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from jrt_fixtures import hf_config, random_state_dict, write_hf_checkpoint
+from jrtc.runtime import Engine, SamplingParams, build_prompt
+from tokenizers import Tokenizer
+
+from jrtc.checkpoint import load_checkpoint
+from jrtc.cli import main
+from jrtc.example import CHECKPOINT
+from jrtc.model import JRTModel
+from jrtc.tokenizer import byte_level_tokenizer_json
+
+TEXT = (
+    "ab:12, cd:34, ef:56, gh:78, ij:90, kl:13, mn:57, op:91, qr:35, st:79. "
+    "The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. "
+)
+
+
+@dataclass(frozen=True)
+class Exported:
+    name: str
+    checkpoint: Path
+    engine: Path
+    model: JRTModel
+
+
+# name -> (checkpoint maker, export options); random checkpoints cover a padded vocabulary (300 -> 304),
+# an EOS id, and a Based-style model (linear attention, no encoder).
+MODELS = {
+    "example": ({}, ["--max-prompt-len", "160", "--max-batch", "4"]),
+    "random-jrt": (
+        {
+            "layer_types": ["conv", "pla", "swa", "conv", "pla", "swa"],
+            "d_model": 64,
+            "heads": 4,
+            "enc_length": 48,
+            "window_size": 16,
+            "vocab_size": 300,
+        },
+        ["--max-prompt-len", "64", "--max-batch", "3"],
+    ),
+    "random-based": (
+        {
+            "layer_types": ["conv", "la", "swa", "conv"],
+            "d_model": 32,
+            "heads": 2,
+            "enc_length": 0,
+            "window_size": 8,
+        },
+        ["--max-prompt-len", "32", "--max-batch", "2"],
+    ),
+}
+
+
+def _export(checkpoint: Path, out: Path, options: list[str]) -> None:
+    result = CliRunner().invoke(
+        main, ["export", str(checkpoint), "--target", "cpu", "-o", str(out), "--tokenizer", "bytes", *options]
+    )
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
+    root = tmp_path_factory.mktemp("engines")
+    out = {}
+    for seed, (name, (hf_options, options)) in enumerate(MODELS.items()):
+        if name == "example":
+            checkpoint = CHECKPOINT
+        else:
+            hf = hf_config(**hf_options)
+            hf["eos_token_id"] = 10 if name == "random-jrt" else None
+            checkpoint = write_hf_checkpoint(root / f"{name}-ckpt", hf, random_state_dict(hf, seed))
+        _export(checkpoint, root / name, options)
+        out[name] = Exported(name, checkpoint, root / name, load_checkpoint(checkpoint))
+    return out
+
+
+class Recorder:
+    """A backend wrapper that keeps the logits and the input shape ``(B, L)`` of every call."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.logits: list[np.ndarray] = []
+        self.shapes: list[tuple[int, int]] = []
+
+    def run(self, input_ids, start_pos, num_pad, states):
+        logits, next_states = self.backend.run(input_ids, start_pos, num_pad, states)
+        self.logits.append(logits.copy())
+        self.shapes.append(input_ids.shape)
+        return logits, next_states
+
+
+def _prompt(length: int) -> list[int]:
+    return list((TEXT * (length // len(TEXT) + 1)).encode()[:length])
+
+
+@torch.no_grad()
+def _torch_greedy(
+    model: JRTModel, ids: list[int], num_pad: int, new_tokens: int
+) -> tuple[list[int], list[np.ndarray]]:
+    """The reference protocol written out on the PyTorch model: one prefill call over the whole (padded)
+    prompt with its first ``num_pad`` keys masked, then greedy steps."""
+    key_mask = torch.arange(len(ids))[None] >= num_pad
+    logits, state = model.forward_step(torch.tensor([ids]), model.init_state(1), key_mask, last_only=True)
+    tokens, all_logits = [], []
+    while True:
+        all_logits.append(logits[0].numpy())
+        tokens.append(int(logits[0, : model.config.vocab_size].argmax()))
+        if len(tokens) == new_tokens:
+            return tokens, all_logits
+        logits, state = model.forward_step(torch.tensor([[tokens[-1]]]), state, last_only=True)
+
+
+def _left_padded(model: JRTModel, prompt: list[int]) -> tuple[list[int], int]:
+    pad = max(model.config.enc_length - len(prompt), 0)
+    return [model.config.pad_token_id] * pad + prompt, pad
+
+
+def _lengths(engine: Engine) -> dict[str, int]:
+    m = engine.manifest
+    return {
+        "short": max(m.enc_length // 2, 5),  # left-padded (when there is an encoder)
+        "long": (m.enc_length + m.max_prompt_len) // 2 + 1,  # past the encoder, one call
+        "chunked": 2 * m.max_prompt_len + 37,  # three calls
+    }
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("kind", ["short", "long", "chunked"])
+def test_engine_matches_pytorch(exported: dict[str, Exported], name: str, kind: str) -> None:
+    model_info = exported[name]
+    engine = Engine.load(model_info.engine)
+    recorder = engine.backend = Recorder(engine.backend)
+    prompt = _prompt(_lengths(engine)[kind])
+    new_tokens = 257  # the first from the prefill, then 256 decode steps
+    params = SamplingParams(max_new_tokens=new_tokens, stop_on_eos=False)
+    tokens = [t.id for t in engine.session(max_batch=1).generate(prompt, params)]
+
+    expected, expected_logits = _torch_greedy(
+        model_info.model, *_left_padded(model_info.model, prompt), new_tokens
+    )
+    prefill_calls = len(recorder.logits) - (new_tokens - 1)
+    padded = max(len(prompt), engine.manifest.enc_length)
+    assert prefill_calls == -(-padded // engine.manifest.max_prompt_len)
+    assert tokens == expected
+    got = np.stack([lg[0] for lg in recorder.logits[prefill_calls - 1 :]])
+    np.testing.assert_allclose(got, np.stack(expected_logits), rtol=1e-3, atol=1e-3)
+
+
+def test_read2x_fills_the_pad_region_with_context(exported: dict[str, Exported]) -> None:
+    model_info = exported["example"]
+    engine = Engine.load(model_info.engine)
+    context, question = "ab:12, cd:34, ef:56.", "cd:"
+    prompt = build_prompt(context, question, pad="read2x")
+    params = SamplingParams(max_new_tokens=40)
+    tokens = [t.id for t in engine.session().generate(prompt, params)]
+
+    ids = list(prompt.text.encode())
+    fill = list(prompt.fill.encode())
+    missing = engine.manifest.enc_length - len(ids)
+    region = (fill * (missing // len(fill) + 1))[-missing:]
+    assert tokens == _torch_greedy(model_info.model, region + ids, 0, 40)[0]
+    left = [t.id for t in engine.session().generate(build_prompt(context, question), params)]
+    assert left == _torch_greedy(model_info.model, *_left_padded(model_info.model, ids), 40)[0]
+
+
+def test_continuous_batching_matches_sequences_alone(exported: dict[str, Exported]) -> None:
+    engine = Engine.load(exported["random-jrt"].engine)
+    lengths = _lengths(engine)
+    sampled = {"temperature": 0.9, "top_k": 50, "top_p": 0.95}
+    specs = [  # prompt length, new tokens, sampling: they finish at different times, so slots free up
+        (lengths["short"], 40, {}),
+        (lengths["chunked"], 12, {}),
+        (lengths["long"], 25, {**sampled, "seed": 7}),
+        (3, 30, {}),
+        (lengths["long"] + 5, 8, {**sampled, "seed": 11}),
+        (lengths["short"] + 3, 20, {}),
+    ]
+    jobs = [(_prompt(n)[::-1], SamplingParams(max_new_tokens=m, **kw)) for n, m, kw in specs]
+    alone = [[t.id for t in engine.session(max_batch=1).generate(p, params)] for p, params in jobs]
+
+    recorder = engine.backend = Recorder(engine.backend)
+    session = engine.session()
+    requests = [session.request(p, params) for p, params in jobs]
+    together: dict[int, list[int]] = {id(r): [] for r in requests}
+    for token in session.stream(requests):
+        together[id(token.request)].append(token.id)
+    assert [together[id(r)] for r in requests] == alone
+    assert max(b for b, _ in recorder.shapes) == engine.manifest.max_batch == 3
+    decode_calls = sum(1 for _, length in recorder.shapes if length == 1)
+    assert decode_calls < sum(len(a) - 1 for a in alone)  # sequences shared their steps
+    assert not session.busy
+
+
+def test_decode_memory_is_constant(exported: dict[str, Exported]) -> None:
+    engine = Engine.load(exported["example"].engine)
+    session = engine.session(max_batch=1)
+    buffers = [(a.__array_interface__["data"][0], a.nbytes) for a in session.states]
+    process = psutil.Process()
+    params = SamplingParams(max_new_tokens=5001, stop_on_eos=False)
+    samples = {}
+    tracemalloc.start()
+    try:
+        for i, _ in enumerate(session.generate(_prompt(40), params)):
+            if i in (1000, 5000):
+                samples[i] = (process.memory_info().rss, tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    rss_growth = samples[5000][0] - samples[1000][0]
+    python_growth = samples[5000][1] - samples[1000][1]
+    # A leak of one token id per step (a growing list) is ~150 KiB here; one logits row per step 4 MiB.
+    assert python_growth < 32 * 1024, python_growth
+    assert rss_growth < 2 * 2**20, rss_growth
+    assert [(a.__array_interface__["data"][0], a.nbytes) for a in session.states] == buffers
+    assert session.positions[0] == engine.manifest.enc_length + 5000
+
+
+def test_runtime_imports_neither_torch_nor_triton(exported: dict[str, Exported]) -> None:
+    code = f"""
+import sys
+import jrtc.runtime.cli
+from jrtc.runtime import Engine, SamplingParams, build_prompt
+engine = Engine.load({str(exported["example"].engine)!r})
+assert len(list(engine.session().generate("ab:", SamplingParams(max_new_tokens=3)))) == 3
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "triton"))
+assert not heavy, heavy
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- the CLI ----------------------------------------------------------------------------------------
+
+
+def _run(*args: object) -> Result:
+    return CliRunner().invoke(main, ["run", *map(str, args)])
+
+
+@pytest.fixture
+def prompt_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompt.txt"
+    path.write_text("ab:12, cd:34, ef:56. cd:", encoding="utf-8")
+    return path
+
+
+def test_cli_streams_the_completion(exported: dict[str, Exported], prompt_file: Path) -> None:
+    engine = Engine.load(exported["example"].engine)
+    expected = list(engine.session().generate(prompt_file.read_text(), SamplingParams(max_new_tokens=30)))
+    result = _run(exported["example"].engine, "--prompt", prompt_file, "--max-new-tokens", 30)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "".join(t.text for t in expected)
+    assert "prompt 24 tokens (128 with padding)" in result.stderr and "tokens/s" in result.stderr
+
+    result = _run(
+        exported["example"].engine / "model.onnx",
+        "--prompt",
+        prompt_file,
+        "--max-new-tokens",
+        30,
+        "--json",
+        "--quiet",
+    )
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(x["id"], x["text"]) for x in lines[:-1]] == [(t.id, t.text) for t in expected]
+    stats = lines[-1]["stats"]
+    assert stats["prompt_tokens"] == 24 and stats["generated_tokens"] == 30 and stats["state_bytes"] > 0
+    assert result.stderr == ""
+
+
+def test_cli_jrt_prompt_and_stop(exported: dict[str, Exported], tmp_path: Path) -> None:
+    context = tmp_path / "context.txt"
+    context.write_text("ab:12, cd:34, ef:56.\n", encoding="utf-8")
+    result = _run(
+        exported["example"].engine,
+        "--prompt",
+        context,
+        "--question",
+        "cd:",
+        "--show-prompt",
+        "--stop",
+        "\n",
+        "--max-new-tokens",
+        40,
+    )
+    assert result.exit_code == 0, result.output
+    assert "cd: ab:12, cd:34, ef:56.\nab:12, cd:34, ef:56. cd:" in result.stderr
+    assert "\n" not in result.stdout
+    engine = Engine.load(exported["example"].engine)
+    prompt = build_prompt(context.read_text(), "cd:")
+    tokens = list(engine.session().generate(prompt, SamplingParams(max_new_tokens=40, stop=("\n",))))
+    assert result.stdout == "".join(t.text for t in tokens)
+
+
+def test_cli_streams_before_the_end(exported: dict[str, Exported], prompt_file: Path) -> None:
+    # A generation far too long to finish: the first token must arrive while it runs.
+    command = [
+        sys.executable,
+        "-c",
+        "from jrtc.cli import main; main()",
+        "run",
+        str(exported["example"].engine),
+        "--prompt",
+        str(prompt_file),
+        "--json",
+        "--max-new-tokens",
+        "1000000",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        first = json.loads(process.stdout.readline())
+        assert set(first) == {"id", "text"}
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def engine_copy(exported: dict[str, Exported], tmp_path: Path) -> Path:
+    return Path(shutil.copytree(exported["example"].engine, tmp_path / "engine"))
+
+
+def _replace(engine_dir: Path, name: str, data: bytes, update_checksum: bool) -> None:
+    import hashlib
+
+    (engine_dir / name).write_bytes(data)
+    manifest = json.loads((engine_dir / "jrtc.json").read_text())
+    if update_checksum and name in manifest.get("checksums", {}):
+        manifest["checksums"][name] = "sha256:" + hashlib.sha256(data).hexdigest()
+        (engine_dir / "jrtc.json").write_text(json.dumps(manifest))
+
+
+def _gpt2_ordered_bytes() -> str:
+    spec = json.loads(byte_level_tokenizer_json())
+    spec["model"]["vocab"] = {c: i for i, c in enumerate(sorted(spec["model"]["vocab"], key=ord))}
+    return json.dumps(spec)
+
+
+def _with_added_tokens(count: int) -> str:
+    tokenizer = Tokenizer.from_str(byte_level_tokenizer_json())
+    tokenizer.add_tokens([f"<extra_{i}>" for i in range(count)])
+    return tokenizer.to_str()
+
+
+def _break_engine(engine_dir: Path, case: str) -> None:
+    if case == "no-engine-dir":
+        shutil.rmtree(engine_dir)
+    elif case.startswith("missing-"):
+        (engine_dir / case.removeprefix("missing-")).unlink()
+    elif case == "newer-format":
+        manifest = json.loads((engine_dir / "jrtc.json").read_text())
+        (engine_dir / "jrtc.json").write_text(json.dumps({**manifest, "format_version": 2}))
+    elif case == "corrupt-onnx":
+        data = bytearray((engine_dir / "model.onnx").read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+        _replace(engine_dir, "model.onnx", bytes(data), update_checksum=False)
+    elif case == "garbage-onnx":  # the checksum matches, so ONNX Runtime is the one to notice
+        _replace(engine_dir, "model.onnx", b"not an onnx model at all" * 100, update_checksum=True)
+    elif case == "tokenizer-too-large":
+        _replace(engine_dir, "tokenizer.json", _with_added_tokens(10).encode(), update_checksum=True)
+    elif case == "tokenizer-other-space":
+        _replace(engine_dir, "tokenizer.json", _gpt2_ordered_bytes().encode(), update_checksum=True)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no-engine-dir", "engine not found"),
+        ("missing-jrtc.json", "no jrtc.json"),
+        ("missing-model.onnx", "missing model.onnx"),
+        ("missing-tokenizer.json", "missing tokenizer.json"),
+        ("newer-format", "format version 2"),
+        ("corrupt-onnx", "model.onnx is corrupted"),
+        ("garbage-onnx", "model.onnx is corrupted"),
+        ("tokenizer-too-large", "266 tokens"),
+        ("tokenizer-other-space", "encodes a space as 220"),
+    ],
+)
+def test_cli_bad_engine(engine_copy: Path, prompt_file: Path, case: str, message: str) -> None:
+    _break_engine(engine_copy, case)
+    result = _run(engine_copy, "--prompt", prompt_file)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("jrtc: error:"), result.stderr
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "prompt file not found"),
+        (b"", "is empty"),
+        (b" \n\t\n", "is empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is binary"),
+        (b"caf\xe9 latin-1", "not UTF-8"),
+    ],
+)
+def test_cli_bad_prompt_file(
+    exported: dict[str, Exported], tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    path = tmp_path / "prompt.txt"
+    if content is not None:
+        path.write_bytes(content)
+    result = _run(exported["example"].engine, "--prompt", path)
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("jrtc: error:"), result.stderr
+    assert message in result.stderr
