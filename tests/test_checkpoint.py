@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
-from jrt_fixtures import TARGETS, hf_config, random_state_dict, write_hf_checkpoint
+from jrt_fixtures import hf_config, random_state_dict, write_hf_checkpoint
 
 import jrtc
 from jrtc.cli import main

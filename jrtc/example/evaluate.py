@@ -51,7 +51,7 @@ def evaluate(model: JRTModel, examples: int, seed: int) -> dict[str, float]:
     for name, twice in (("read_once", False), ("read_twice", True)):
         prompts = [t.prompt(read_twice=twice).encode() for t in tasks]
         answers = greedy_answers(model, prompts, budget)
-        accuracy[name] = sum(a == t.answer.encode() for a, t in zip(answers, tasks)) / examples
+        accuracy[name] = sum(a == t.answer.encode() for a, t in zip(answers, tasks, strict=True)) / examples
     return accuracy
 
 

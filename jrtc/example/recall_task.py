@@ -33,6 +33,6 @@ def make_example(
         if key not in keys:
             keys.append(key)
     values = ["".join(rng.choices(string.digits, k=value_digits)) for _ in keys]
-    context = ", ".join(f"{k}:{v}" for k, v in zip(keys, values)) + "."
+    context = ", ".join(f"{k}:{v}" for k, v in zip(keys, values, strict=True)) + "."
     i = rng.randrange(n)
     return RecallExample(context=context, question=f"{keys[i]}:", answer=values[i])
