@@ -98,3 +98,20 @@ def pad_token_id(tokenizer: Tokenizer) -> int:
     if len(ids) != 1:
         raise JrtcError(f"the tokenizer has no single token for a space (it encodes ' ' as {ids})")
     return ids[0]
+
+
+def check_tokenizer_fits(
+    tokenizer: Tokenizer, vocab_size: int, pad_id: int, name: str = "the tokenizer"
+) -> None:
+    """A :class:`JrtcError` unless every id of ``tokenizer`` is in the model's vocabulary and a space is
+    the model's pad token (the runtime pads prompts with the tokenizer's space)."""
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > vocab_size:
+        raise JrtcError(
+            f"{name} does not fit the model: it has {size} tokens, the model's vocabulary {vocab_size}"
+        )
+    space = pad_token_id(tokenizer)
+    if space != pad_id:
+        raise JrtcError(
+            f"{name} does not fit the model: it encodes a space as {space}, the model pads with {pad_id}"
+        )

@@ -14,7 +14,7 @@ from jrtc.runtime.session import Session
 from tokenizers import Tokenizer
 
 from jrtc.errors import JrtcError
-from jrtc.tokenizer import load_tokenizer, pad_token_id
+from jrtc.tokenizer import check_tokenizer_fits, load_tokenizer
 
 FORMAT_VERSION = 1
 MANIFEST = "jrtc.json"
@@ -137,7 +137,9 @@ class Engine:
                 f"enc_length {manifest.enc_length}, so a prompt's encoder would not fit its first call"
             )
         tokenizer = load_tokenizer(directory / manifest.tokenizer)
-        _check_tokenizer(tokenizer, manifest, directory / manifest.tokenizer)
+        check_tokenizer_fits(
+            tokenizer, manifest.vocab_size, manifest.pad_token_id, str(directory / manifest.tokenizer)
+        )
         backend = load_backend(directory / manifest.engine, manifest)
         return cls(directory, manifest, backend, tokenizer)
 
@@ -147,17 +149,3 @@ class Engine:
     def session(self, max_batch: int | None = None) -> Session:
         """A session with a state pool of ``max_batch`` sequences (default: the manifest's)."""
         return Session(self, max_batch)
-
-
-def _check_tokenizer(tokenizer: Tokenizer, manifest: Manifest, path: Path) -> None:
-    size = tokenizer.get_vocab_size(with_added_tokens=True)
-    if size > manifest.vocab_size:
-        raise JrtcError(
-            f"{path} does not fit the model: it has {size} tokens, the model's vocabulary {manifest.vocab_size}"
-        )
-    space = pad_token_id(tokenizer)
-    if space != manifest.pad_token_id:
-        raise JrtcError(
-            f"{path} does not fit the model: it encodes a space as {space}, the model pads with "
-            f"{manifest.pad_token_id}"
-        )
