@@ -142,8 +142,6 @@ def _install(staging: Path, output: Path) -> None:
     if not output.exists():
         staging.rename(output)
         return
-    if not (output / MANIFEST).is_file():
-        raise JrtcError(f"{output} exists and is not a jrtc engine directory; remove it or pick another -o")
     retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
     output.rename(retired / output.name)
     staging.rename(output)
@@ -161,6 +159,8 @@ def export_engine(
 ) -> Exported:
     """Export ``checkpoint`` for ``target`` into the engine directory ``output``."""
     check_target(target)
+    if output.exists() and not (output / MANIFEST).is_file():
+        raise JrtcError(f"{output} exists and is not a jrtc engine directory; remove it or pick another -o")
     if max_batch < 1:
         raise JrtcError(f"--max-batch must be at least 1, got {max_batch}")
     progress(f"tokenizer: {tokenizer or 'beside the checkpoint'}")
@@ -180,6 +180,7 @@ def export_engine(
     output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the engine directory is an ordinary one
     try:
         progress(f"tracing the step graph ({model.config.n_layer} layers)")
         graph = onnx_graph.trace_step_graph(model)

@@ -10,6 +10,7 @@ standard-op bodies (``onnx_functions``) are attached afterwards.
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +123,20 @@ def _graph_cores(model: JRTModel) -> Iterator[None]:
             setattr(mixer, name, core)
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Mute the exporter's warnings and log lines (deprecations, missing torchvision): not the user's business."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 class StepGraph(nn.Module):
     """The traced function: the contract's graph inputs in, logits and the next state out."""
 
@@ -179,8 +194,7 @@ def trace_step_graph(model: JRTModel) -> ir.Model:
         "state": [{0: b} for _ in state],
     }
     input_names, output_names = io_names(model)
-    with _graph_cores(model), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
+    with _graph_cores(model), torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
             graph,
             args,
@@ -199,10 +213,13 @@ def trace_step_graph(model: JRTModel) -> ir.Model:
     return onnx_model
 
 
-def save(onnx_model: ir.Model, path: Path) -> list[Path]:
-    """Write ``path`` (and ``path.data`` when the weights pass 2 GB); returns the files written."""
+def save(onnx_model: ir.Model, path: Path, external_data_over: int = EXTERNAL_DATA_BYTES) -> list[Path]:
+    """Write ``path``, with the weights in ``path.data`` when they pass ``external_data_over`` bytes.
+
+    Returns the files written.
+    """
     weight_bytes = sum(v.const_value.nbytes for v in onnx_model.graph.initializers.values() if v.const_value)
-    if weight_bytes < EXTERNAL_DATA_BYTES:
+    if weight_bytes <= external_data_over:
         ir.save(onnx_model, path)
         return [path]
     data = path.with_name(path.name + ".data")
