@@ -24,12 +24,13 @@ from jrtc.plugins.pla.naive import FEATURE_LAYOUT
 # The reader's own constants and checksum, so that writer and reader agree by construction.
 from jrtc.runtime.engine import FORMAT_VERSION, MANIFEST
 from jrtc.runtime.engine import _sha256 as checksum
+from tokenizers import Tokenizer
 
 import jrtc
 from jrtc.checkpoint import load_checkpoint
 from jrtc.errors import JrtcError
 from jrtc.model import JRTModel
-from jrtc.tokenizer import byte_level_tokenizer_json, load_tokenizer, pad_token_id
+from jrtc.tokenizer import byte_level_tokenizer_json, check_tokenizer_fits, load_tokenizer
 
 ENGINE = "model.onnx"
 TOKENIZER = "tokenizer.json"
@@ -81,25 +82,6 @@ def resolve_tokenizer(checkpoint: Path, tokenizer: str | None) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise JrtcError(f"cannot read tokenizer {path}: {e}") from None
-
-
-def check_tokenizer_fits(tokenizer_json: str, model: JRTModel) -> None:
-    """The runtime pads prompts with the tokenizer's space and feeds its ids: both must fit the model."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    cfg = model.config
-    size = tokenizer.get_vocab_size(with_added_tokens=True)
-    if size > cfg.vocab_size:
-        raise JrtcError(
-            f"the tokenizer does not fit the model: it has {size} tokens, the model {cfg.vocab_size}"
-        )
-    space = pad_token_id(tokenizer)
-    if space != cfg.pad_token_id:
-        raise JrtcError(
-            f"the tokenizer does not fit the model: it encodes a space as {space}, the model pads with "
-            f"{cfg.pad_token_id}"
-        )
 
 
 def build_manifest(
@@ -167,8 +149,9 @@ def export_engine(
     tokenizer_json = resolve_tokenizer(checkpoint, tokenizer)
     progress(f"loading {checkpoint}")
     model = load_checkpoint(checkpoint, dtype=torch.float32)
-    check_tokenizer_fits(tokenizer_json, model)
-    enc_length = model.config.enc_length
+    cfg = model.config
+    check_tokenizer_fits(Tokenizer.from_str(tokenizer_json), cfg.vocab_size, cfg.pad_token_id)
+    enc_length = cfg.enc_length
     if max_prompt_len is None:
         max_prompt_len = max(DEFAULT_MAX_PROMPT_LEN, enc_length)
     if max_prompt_len < max(enc_length, 1):
@@ -182,7 +165,7 @@ def export_engine(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the engine directory is an ordinary one
     try:
-        progress(f"tracing the step graph ({model.config.n_layer} layers)")
+        progress(f"tracing the step graph ({cfg.n_layer} layers)")
         graph = onnx_graph.trace_step_graph(model)
         progress(f"writing {ENGINE}")
         written = onnx_graph.save(graph, staging / ENGINE)
