@@ -32,8 +32,14 @@ PLUGIN_ATTRS = {"plugin_namespace": DOMAIN, "plugin_version": "1", "aot": 1}
 EXTERNAL_DATA_BYTES = 2**31 - 2**24  # protobuf's 2 GiB limit, less room for the graph itself
 
 
-def _node(op_type: str, inputs: list[torch.Tensor], outputs: list[tuple[torch.dtype, tuple]], **attrs):
-    return torch.onnx.ops.symbolic_multi_out(
+def _node(
+    op_type: str,
+    inputs: list[torch.Tensor | None],
+    outputs: list[tuple[torch.dtype, tuple[int | torch.SymInt, ...]]],
+    **attrs: float,
+) -> tuple[torch.Tensor, ...]:
+    """One ``jrtc`` node with the plugin attributes; ``outputs`` gives each output's dtype and shape."""
+    node_outputs = torch.onnx.ops.symbolic_multi_out(
         f"{DOMAIN}::{op_type}",
         inputs,
         {**attrs, **PLUGIN_ATTRS},
@@ -41,6 +47,7 @@ def _node(op_type: str, inputs: list[torch.Tensor], outputs: list[tuple[torch.dt
         shapes=[shape for _, shape in outputs],
         version=1,
     )
+    return tuple(node_outputs)
 
 
 class GraphOps:
