@@ -7,9 +7,11 @@ kernel is purely memory bound. The grid is (value tiles, batch*heads), so even b
 programs per head; each program streams a [160, BV] slab of the state through registers in two tiles
 (128 + 32 rows of the kernel order, see ``_common``), gathering rows of naive's 153 layout directly.
 
-The kernel is functional (``kv``/``z`` in, ``kv_new``/``z_new`` out), but every element is read and then
-written by the same program, so callers may pass the same buffers for in-place update. Per launch it takes
-pointers and a grid only (AOT-friendly: no scalars at all, the eps is a literal).
+The kernel is functional (``kv``/``z`` in, ``kv_new``/``z_new`` out). Every element of ``kv`` is read and
+then written by the same program, so ``kv_new`` may be ``kv`` (in-place update of the big part of the
+state); ``z`` is read by all value tiles of a head and written by one, so ``z_new`` must be another buffer
+when a head has several value tiles. Per launch it takes pointers and a grid only (AOT-friendly: no scalars
+at all, the eps is a literal).
 """
 
 from __future__ import annotations
@@ -112,8 +114,10 @@ def pla_decode_with(
     num_warps: int = 4,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``pla_decode`` with explicit launch parameters; ``out=(kv_new, z_new)`` may be ``(kv, z)`` themselves
-    for an in-place update (benchmarks, and callers that own the state)."""
+    """``pla_decode`` with explicit launch parameters and optional output buffers ``out=(kv_new, z_new)``.
+
+    ``kv_new`` may be ``kv`` itself (in-place update); ``z_new`` may be ``z`` only when ``block_v >= dv``
+    (one value tile per head), since every value tile reads ``z`` before one of them writes it."""
     if q.dim() != 3 or q.shape[-1] != FEATURE_DIM or tuple(k.shape) != tuple(q.shape) or v.dim() != 3:
         raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} must be [B, H, 16] and v [B, H, dv]")
     batch, heads, _ = q.shape
@@ -134,6 +138,8 @@ def pla_decode_with(
         return o, kv_new, z_new
     check_runnable(v, _pla_decode_kernel)
     bv = block_v or _block_v(dv, batch * heads, v.device)
+    if z_new.data_ptr() == z.data_ptr() and triton.cdiv(dv, bv) > 1:
+        raise ValueError("z_new may alias z only with a single value tile per head (block_v >= dv)")
     grid = (triton.cdiv(dv, bv), batch * heads)
     _pla_decode_kernel[grid](q, k, v, kv, z, o, kv_new, z_new, DV=dv, BV=bv, num_warps=num_warps)
     return o, kv_new, z_new
