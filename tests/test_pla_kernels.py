@@ -17,7 +17,6 @@ if DEVICE == "cpu":
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from jrtc.plugins.pla import naive  # noqa: E402
 
 BIG = DEVICE == "cuda"
