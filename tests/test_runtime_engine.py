@@ -332,27 +332,37 @@ def test_cli_jrt_prompt_and_stop(exported: dict[str, Exported], tmp_path: Path) 
     assert result.stdout == "".join(t.text for t in tokens)
 
 
+def _cli_process(*args: object, stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
+    command = [sys.executable, "-c", "from jrtc.cli import main; main()", "run", *map(str, args)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
 def test_cli_streams_before_the_end(exported: dict[str, Exported], prompt_file: Path) -> None:
     # A generation far too long to finish: the first token must arrive while it runs.
-    command = [
-        sys.executable,
-        "-c",
-        "from jrtc.cli import main; main()",
-        "run",
-        str(exported["example"].engine),
-        "--prompt",
-        str(prompt_file),
-        "--json",
-        "--max-new-tokens",
-        "1000000",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = _cli_process(
+        exported["example"].engine, "--prompt", prompt_file, "--json", "--max-new-tokens", 1_000_000
+    )
     try:
-        first = json.loads(process.stdout.readline())
-        assert set(first) == {"id", "text"}
+        assert set(json.loads(process.stdout.readline())) == {"id", "text"}
     finally:
         process.kill()
         process.wait()
+
+
+def test_cli_quits_quietly_when_the_reader_leaves(exported: dict[str, Exported], prompt_file: Path) -> None:
+    process = _cli_process(
+        exported["example"].engine,
+        "--prompt",
+        prompt_file,
+        "--max-new-tokens",
+        1_000_000,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.read(5)
+    process.stdout.close()  # like `jrtc run ... | head -c 5`; click turns the broken pipe into exit 1
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 1
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
 
 
 @pytest.fixture
