@@ -37,6 +37,7 @@ from jrtc.model import JRTModel
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_runtime.json"
 BATCHES = (1, 8)
+SETTLE_S = 1.0
 
 
 def jrt_360m_config() -> JRTConfig:
@@ -79,6 +80,8 @@ MODELS: dict[str, tuple[Callable[[Path], tuple[Path, str]], int | None, int]] = 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     """Median seconds of ``repeats`` calls after one warm-up call, and the last result."""
+    # Both runtimes' thread pools spin for a while after their last op; let the other one's go quiet.
+    time.sleep(SETTLE_S)
     result = fn()
     times = []
     for _ in range(repeats):

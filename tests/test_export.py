@@ -12,10 +12,11 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from jrt_fixtures import hf_config, random_state_dict, write_hf_checkpoint
 from jrtc.export import build, onnx_graph
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from jrtc.checkpoint import save_checkpoint
+from jrtc.checkpoint import load_checkpoint, save_checkpoint
 from jrtc.cli import main
 from jrtc.config import JRTConfig
 from jrtc.errors import JrtcError
@@ -385,19 +386,23 @@ def test_tokenizer_errors(checkpoint: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.json", "garbage.json", "space.json"]
 
 
-def test_tokenizer_beside_the_checkpoint_and_other_errors(checkpoint: Path, tmp_path: Path) -> None:
-    beside = tmp_path / "ckpt"
-    beside.mkdir()
-    (beside / "model.pt").write_bytes(checkpoint.read_bytes())
-    (beside / "tokenizer.json").write_text(byte_level_tokenizer_json())
+def test_hf_checkpoint_with_its_tokenizer_and_other_errors(tmp_path: Path) -> None:
+    """An original-layout checkpoint directory with a tokenizer.json in it exports without --tokenizer."""
+    hf = hf_config(["swa", "pla"], enc_length=ENC, window_size=WINDOW)
+    checkpoint = write_hf_checkpoint(tmp_path / "JRT-tiny", hf, random_state_dict(hf))
+    (checkpoint / "tokenizer.json").write_text(byte_level_tokenizer_json())
     out = tmp_path / "engine"
-    code, _, stderr = jrtc_cli("export", str(beside / "model.pt"), "-o", str(out), "-q")
+    code, _, stderr = jrtc_cli("export", str(checkpoint), "-o", str(out), "-q")
     assert code == 0, stderr
     assert (out / "tokenizer.json").read_text() == byte_level_tokenizer_json()
+    model = load_checkpoint(checkpoint)
+    ids = torch.randint(0, 256, (1, ENC + 3))
+    onnx_logits = OnnxStep(out / "model.onnx", model)(ids, model.init_state(1))[0]
+    assert_close(torch_step(model, ids, model.init_state(1))[0], onnx_logits)
 
-    code, _, stderr = jrtc_cli("export", str(beside / "model.pt"), "-o", str(out), "--max-prompt-len", "8")
+    code, _, stderr = jrtc_cli("export", str(checkpoint), "-o", str(out), "--max-prompt-len", "8")
     assert_one_line_error(code, stderr, "shorter than enc_length")
     code, _, stderr = jrtc_cli("export", str(tmp_path / "nope.pt"), "-o", str(out), "--tokenizer", "bytes")
     assert_one_line_error(code, stderr, "checkpoint not found")
-    code, _, stderr = jrtc_cli("export", str(beside / "model.pt"), "-o", str(beside), "--tokenizer", "bytes")
+    code, _, stderr = jrtc_cli("export", str(checkpoint), "-o", str(checkpoint), "--tokenizer", "bytes")
     assert_one_line_error(code, stderr, "not a jrtc engine directory")
