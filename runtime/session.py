@@ -60,7 +60,7 @@ class Request:
 class Token:
     """A generated token and the text it made final; ``finish_reason`` is set on a request's last one."""
 
-    request: Request
+    request: Request = field(repr=False)
     id: int
     text: str
     finish_reason: str | None = None
@@ -75,12 +75,20 @@ class _Sequence:
 
 
 class Session:
-    """Generates for many requests at once over the engine's backend; see the module docstring."""
+    """Generates for many requests at once over the engine's backend; see the module docstring.
+
+    Not thread-safe: one thread drives :meth:`step` (a service hands it requests through a queue).
+    """
 
     def __init__(self, engine: Engine, max_batch: int | None = None) -> None:
         manifest = engine.manifest
         self.engine = engine
-        self.max_batch = max_batch or manifest.max_batch
+        self.max_batch = manifest.max_batch if max_batch is None else max_batch
+        # Engines are built for batches up to the manifest's max_batch (TensorRT profiles are).
+        if not 1 <= self.max_batch <= manifest.max_batch:
+            raise JrtcError(
+                f"max_batch must be between 1 and the engine's {manifest.max_batch}, got {max_batch}"
+            )
         # The whole state pool, allocated here once and updated in place (slot = row).
         self.states = [np.zeros((self.max_batch, *s.shape), s.dtype) for s in manifest.state]
         self.positions = np.zeros(self.max_batch, np.int64)
@@ -135,9 +143,9 @@ class Session:
         Closing the generator early cancels the requests it submitted that have not finished.
         """
         submitted = list(requests)
-        for request in submitted:
-            self.submit(request)
         try:
+            for request in submitted:
+                self.submit(request)
             while self.busy:
                 yield from self.step()
         finally:

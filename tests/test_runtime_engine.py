@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 
 from jrtc.checkpoint import load_checkpoint
 from jrtc.cli import main
+from jrtc.errors import JrtcError
 from jrtc.example import CHECKPOINT
 from jrtc.model import JRTModel
 from jrtc.tokenizer import byte_level_tokenizer_json
@@ -230,6 +231,48 @@ def test_continuous_batching_matches_sequences_alone(exported: dict[str, Exporte
     decode_calls = sum(1 for _, length in recorder.shapes if length == 1)
     assert decode_calls < sum(len(a) - 1 for a in alone)  # sequences shared their steps
     assert not session.busy
+
+
+class ForceToken:
+    """A backend wrapper that makes ``token_id`` the likeliest token from the ``at``-th call on."""
+
+    def __init__(self, backend, token_id: int, at: int) -> None:
+        self.backend, self.token_id, self.at, self.calls = backend, token_id, at, 0
+
+    def run(self, input_ids, start_pos, num_pad, states):
+        logits, next_states = self.backend.run(input_ids, start_pos, num_pad, states)
+        self.calls += 1
+        if self.calls >= self.at:
+            logits = logits.copy()
+            logits[:, self.token_id] = 1e9
+        return logits, next_states
+
+
+def test_session_finishing_and_bad_requests(exported: dict[str, Exported]) -> None:
+    engine = Engine.load(exported["random-jrt"].engine)
+    eos = engine.manifest.eos_token_id
+    engine.backend = ForceToken(engine.backend, eos, at=4)  # the prefill, then decode steps 2, 3, 4
+    session = engine.session()
+    tokens = list(session.generate("ab:12", SamplingParams(max_new_tokens=50)))
+    assert [(t.id == eos, t.finish_reason) for t in tokens] == [(False, None)] * 3 + [(True, "eos")]
+    engine.backend = engine.backend.backend
+    tokens = list(session.generate("ab:12", SamplingParams(max_new_tokens=6, stop_on_eos=False)))
+    assert [t.finish_reason for t in tokens] == [None] * 5 + ["length"]
+    assert tokens[-1].request.stats.generated_tokens == 6
+
+    stream = session.generate("ab:12", SamplingParams(max_new_tokens=50))
+    next(stream)
+    assert session.busy
+    stream.close()  # a client that went away: its slot is free again
+    assert not session.busy
+
+    with pytest.raises(JrtcError, match="empty"):
+        list(session.generate([]))
+    with pytest.raises(JrtcError, match="outside the model's vocabulary"):
+        list(session.generate([1, 2, engine.manifest.vocab_size]))
+    assert not session.busy
+    with pytest.raises(JrtcError, match="max_batch"):
+        engine.session(max_batch=engine.manifest.max_batch + 1)
 
 
 def test_decode_memory_is_constant(exported: dict[str, Exported]) -> None:
