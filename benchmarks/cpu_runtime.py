@@ -51,8 +51,6 @@ def jrt_360m_config() -> JRTConfig:
     )
 
 
-# name -> (checkpoint maker, prompt length of the prefill call, decode steps). The example's prefill is
-# its real first call (enc_length tokens); the 360M's is a short prompt, unpadded, to keep the run short.
 def _example(workdir: Path) -> tuple[Path, str]:
     if not EXAMPLE_CHECKPOINT.is_file():
         sys.exit(f"cpu_runtime: {EXAMPLE_CHECKPOINT} is missing; train it with python -m jrtc.example.train")
@@ -72,6 +70,8 @@ def _jrt_360m(workdir: Path) -> tuple[Path, str]:
     return path, str(workdir / "tokenizer.json")
 
 
+# name -> (checkpoint maker, prompt length of the prefill call, decode steps). The example's prefill is
+# its real first call (enc_length tokens); the 360M's is a short prompt, unpadded, to keep the run short.
 MODELS: dict[str, tuple[Callable[[Path], tuple[Path, str]], int | None, int]] = {
     "example": (_example, None, 128),  # None: enc_length
     "360m": (_jrt_360m, 64, 16),
