@@ -50,10 +50,10 @@ def check_target(target: str) -> None:
     if target == "cpu":
         return
     if target in ("h100", "h200"):
-        missing = "" if importlib.util.find_spec("tensorrt") else "; TensorRT is not installed either"
+        missing = "TensorRT is not installed and " if importlib.util.find_spec("tensorrt") is None else ""
         raise JrtcError(
-            f"target {target} is not available in this build: TensorRT engine building is not implemented "
-            f"yet{missing}; export with --target cpu"
+            f"target {target} is not available in this build: {missing}the TensorRT engine builder is not "
+            "implemented yet; export with --target cpu"
         )
     if target == "cuda":
         raise JrtcError(
@@ -71,8 +71,8 @@ def resolve_tokenizer(checkpoint: Path, tokenizer: str | None) -> str:
         beside = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / TOKENIZER
         if not beside.is_file():
             raise JrtcError(
-                f"no tokenizer: {beside} does not exist; pass --tokenizer PATH (a tokenizer.json) "
-                "or --tokenizer bytes (byte-level)"
+                f"no tokenizer given and none beside the checkpoint ({beside}); pass --tokenizer PATH "
+                "(a tokenizer.json) or --tokenizer bytes (byte-level)"
             )
         path = beside
     else:
