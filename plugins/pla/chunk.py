@@ -29,11 +29,10 @@ from ._common import (
     EXPANDED_DIM,
     FEATURE_DIM,
     KERNEL_ROWS,
-    _features_2d,
-    _load_block_ko,
-    _load_block_sym,
-    _store_block_ko,
-    _store_block_sym,
+    _load_state_ko,
+    _load_state_sym,
+    _store_state_ko,
+    _store_state_sym,
     check_runnable,
     compute_dtype,
     num_sms,
@@ -44,7 +43,7 @@ KERNEL_ROWS_C: tl.constexpr = tl.constexpr(KERNEL_ROWS)
 EXPANDED_DIM_C: tl.constexpr = tl.constexpr(EXPANDED_DIM)
 
 # ---------------------------------------------------------------------------------------------------------
-# Chunk steps, one 16-feature block of the Taylor map at a time (see _common for the block order)
+# In-kernel Taylor feature map and the per-chunk state steps (kernel order: see _common)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -58,23 +57,81 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _block_update(kt, kf, vt, w, s, c, BLOCK: tl.constexpr, IEEE: tl.constexpr):
-    """``S_b += phi_b(K)^T V`` and ``z_b += sum phi_b(K)`` over one chunk; ``w`` zeroes rows past the end
-    (they must add nothing, not phi(0) = e_0)."""
-    f = _features_2d(kf, BLOCK) * w
-    s = _dot(tl.trans(f.to(vt.dtype)), vt, s, IEEE)
-    c += tl.sum(f, axis=0)
-    return s, c
+def _features_a(x, C: tl.constexpr):
+    """Piece A (anchored pairs, constant) of a [C, 16] tile -> [C, 128] in the tile's dtype.
+
+    Computed as [C, 8 blocks, 16 positions]: x_p times one of the two anchor columns of the block, both
+    taken from x by a reshape and split (register moves, no gathers or reductions). In half precision the
+    product is rounded once, exactly as an fp32 product cast to half would be (the 1/4 is exact), and the
+    half-width intermediates keep the register footprint down.
+    """
+    blk = tl.arange(0, 8)[:, None]
+    pos = tl.arange(0, 16)[None, :]
+    d = (pos - blk + 16) % 16
+    low = (d >= 1) & (d <= 8)
+    x_lo, x_hi = tl.split(tl.permute(tl.reshape(x, [C, 2, 8]), [0, 2, 1]))  # x[:, 0:8], x[:, 8:16]
+    anchor = tl.where(low[None, :, :], x_lo[:, :, None], x_hi[:, :, None])
+    f = (x[:, None, :] * 0.25).to(x.dtype) * anchor
+    f = tl.where(d[None, :, :] == 0, tl.where(blk[None, :, :] == 0, 1.0, 0.0).to(x.dtype), f)
+    return tl.reshape(f, [C, 128])
 
 
 @triton.jit
-def _block_step(qt, qf, kt, kf, vt, w, acc, den, s, c, BLOCK: tl.constexpr, IEEE: tl.constexpr):
-    """Read block BLOCK of the state into the chunk's outputs, then add the chunk to it."""
-    g = _features_2d(qf, BLOCK)
-    acc = _dot(g.to(vt.dtype), s.to(vt.dtype), acc, IEEE)
-    den += tl.sum(g * c[None, :], axis=1)  # the normalizer stays fp32, on the CUDA cores
-    s, c = _block_update(kt, kf, vt, w, s, c, BLOCK, IEEE)
-    return acc, den, s, c
+def _features_b(x, C: tl.constexpr):
+    """Piece B of a [C, 16] fp32 tile -> [C, 32] fp32: the diagonal x_p^2 / sqrt(32), then x_p / 2."""
+    j = tl.arange(0, 2)[None, :, None]
+    x3 = x[:, None, :]
+    return tl.reshape(tl.where(j == 0, x3 * x3 * 0.17677669529663687, x3 * 0.5), [C, 32])
+
+
+# Inside the chunk loops the state is carried transposed, S^T [BV, rows], so that its update
+# V^T phi(K) is a dot with M = BV (a warpgroup MMA for BV = 64) whose big operand phi(K) [C, rows] goes to
+# shared memory untransposed; z^T is carried as row 0 of a [16, rows] matrix so that its update and
+# read-out are tensor-core dots too (no cross-warp reductions per chunk).
+
+
+@triton.jit
+def _zcol(z):
+    return tl.where(tl.arange(0, 16)[:, None] == 0, z[None, :], 0.0)
+
+
+@triton.jit
+def _zvec(zc):
+    return tl.sum(zc, axis=0)
+
+
+@triton.jit
+def _chunk_update(kt, vt, w, e0t, s_a, s_b, z_a, z_b, C: tl.constexpr, IEEE: tl.constexpr):
+    """``S^T += V^T phi(K)`` and ``z^T += 1^T phi(K)`` (row 0 of ``e0t``) for one chunk, pieces A and B;
+    ``w`` zeroes rows past the end (they must add nothing, not phi(0) = e_0)."""
+    dt = vt.dtype
+    f_a = _features_a(kt, C) * w.to(dt)
+    f_b = (_features_b(kt.to(tl.float32), C) * w).to(dt)
+    vtt = tl.trans(vt)
+    s_a = _dot(vtt, f_a, s_a, IEEE)
+    s_b = _dot(vtt, f_b, s_b, IEEE)
+    z_a = _dot(e0t, f_a, z_a, IEEE)
+    z_b = _dot(e0t, f_b, z_b, IEEE)
+    return s_a, s_b, z_a, z_b
+
+
+@triton.jit
+def _chunk_readout(qt, acc, den, s_a, s_b, z_a, z_b, C: tl.constexpr, IEEE: tl.constexpr):
+    """Add ``phi(Q) S`` to ``acc`` and ``phi(Q) z`` to ``den`` for one chunk (state from before the chunk)."""
+    dt = qt.dtype
+    g_a = _features_a(qt, C)
+    g_b = _features_b(qt.to(tl.float32), C).to(dt)
+    acc = _dot(g_a, tl.trans(s_a.to(dt)), acc, IEEE)
+    acc = _dot(g_b, tl.trans(s_b.to(dt)), acc, IEEE)
+    # The normalizer: z (a token count in its constant row) split into a half-precision high part and the
+    # remainder, so the tensor-core read-out keeps ~16 significant bits of it.
+    za_hi = z_a.to(dt)
+    zb_hi = z_b.to(dt)
+    dacc = _dot(g_a, tl.trans(za_hi), tl.zeros([C, 16], tl.float32), IEEE)
+    dacc = _dot(g_a, tl.trans((z_a - za_hi.to(tl.float32)).to(dt)), dacc, IEEE)
+    dacc = _dot(g_b, tl.trans(zb_hi), dacc, IEEE)
+    dacc = _dot(g_b, tl.trans((z_b - zb_hi.to(tl.float32)).to(dt)), dacc, IEEE)
+    return acc, den + tl.sum(dacc, axis=1)
 
 
 @triton.jit
@@ -86,15 +143,6 @@ def _load_keys(k_base, mask_base, offs_t, valid, H, HAS_MASK: tl.constexpr):
         km = tl.load(mask_base + offs_t, mask=valid, other=0)
         kt = tl.where(km[:, None] != 0, kt, 0.0)
     return kt
-
-
-@triton.jit
-def _load_block(kv_sym, z_sym, kv_ko, z_ko, cols, cmask, BLOCK: tl.constexpr, DV: tl.constexpr,
-                KO: tl.constexpr):  # fmt: skip
-    if KO:
-        return _load_block_ko(kv_ko, z_ko, cols, cmask, BLOCK, DV)
-    else:
-        return _load_block_sym(kv_sym, z_sym, cols, cmask, BLOCK, DV)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -131,64 +179,30 @@ def _pla_segment_state_kernel(
     k_base = k + (b.to(tl.int64) * L * H + h) * 16
     v_base = v + (b.to(tl.int64) * L * H + h) * DV
     m_base = key_mask + b.to(tl.int64) * L
+    dt = v.dtype.element_ty
+    ci = tl.arange(0, C)
+    e0 = tl.where((tl.arange(0, 16)[:, None] == 0) & (ci[None, :] >= 0), 1.0, 0.0).to(dt)
 
-    s0 = tl.zeros([16, BV], tl.float32)
-    s1 = tl.zeros([16, BV], tl.float32)
-    s2 = tl.zeros([16, BV], tl.float32)
-    s3 = tl.zeros([16, BV], tl.float32)
-    s4 = tl.zeros([16, BV], tl.float32)
-    s5 = tl.zeros([16, BV], tl.float32)
-    s6 = tl.zeros([16, BV], tl.float32)
-    s7 = tl.zeros([16, BV], tl.float32)
-    s8 = tl.zeros([16, BV], tl.float32)
-    s9 = tl.zeros([16, BV], tl.float32)
-    c0 = tl.zeros([16], tl.float32)
-    c1 = tl.zeros([16], tl.float32)
-    c2 = tl.zeros([16], tl.float32)
-    c3 = tl.zeros([16], tl.float32)
-    c4 = tl.zeros([16], tl.float32)
-    c5 = tl.zeros([16], tl.float32)
-    c6 = tl.zeros([16], tl.float32)
-    c7 = tl.zeros([16], tl.float32)
-    c8 = tl.zeros([16], tl.float32)
-    c9 = tl.zeros([16], tl.float32)
-
+    s_a = tl.zeros([BV, 128], tl.float32)
+    s_b = tl.zeros([BV, 32], tl.float32)
+    z_a = tl.zeros([16, 128], tl.float32)
+    z_b = tl.zeros([16, 32], tl.float32)
     t_start = pid_s * SEG_LEN
     t_end = tl.minimum(t_start + SEG_LEN, L)
     for t in range(t_start, t_end, C):
-        offs_t = t + tl.arange(0, C)
+        offs_t = t + ci
         valid = offs_t < t_end
-        vt = tl.load(
-            v_base + (offs_t * H * DV)[:, None] + cols[None, :], mask=valid[:, None] & cmask[None, :], other=0.0
-        )
-        kt = _load_keys(k_base, m_base, offs_t, valid, H, HAS_MASK).to(vt.dtype)
-        kf = kt.to(tl.float32)
+        vmask = valid[:, None] & cmask[None, :]
+        vt = tl.load(v_base + (offs_t * H * DV)[:, None] + cols[None, :], mask=vmask, other=0.0)
+        kt = _load_keys(k_base, m_base, offs_t, valid, H, HAS_MASK).to(dt)
         w = valid.to(tl.float32)[:, None]
-        s0, c0 = _block_update(kt, kf, vt, w, s0, c0, 0, IEEE)
-        s1, c1 = _block_update(kt, kf, vt, w, s1, c1, 1, IEEE)
-        s2, c2 = _block_update(kt, kf, vt, w, s2, c2, 2, IEEE)
-        s3, c3 = _block_update(kt, kf, vt, w, s3, c3, 3, IEEE)
-        s4, c4 = _block_update(kt, kf, vt, w, s4, c4, 4, IEEE)
-        s5, c5 = _block_update(kt, kf, vt, w, s5, c5, 5, IEEE)
-        s6, c6 = _block_update(kt, kf, vt, w, s6, c6, 6, IEEE)
-        s7, c7 = _block_update(kt, kf, vt, w, s7, c7, 7, IEEE)
-        s8, c8 = _block_update(kt, kf, vt, w, s8, c8, 8, IEEE)
-        s9, c9 = _block_update(kt, kf, vt, w, s9, c9, 9, IEEE)
+        s_a, s_b, z_a, z_b = _chunk_update(kt, vt, w, e0, s_a, s_b, z_a, z_b, C, IEEE)
 
     seg = pid_bh.to(tl.int64) * nseg + pid_s
-    kv_o = st_kv + seg * KERNEL_ROWS_C * DV
-    z_o = st_z + seg * KERNEL_ROWS_C
-    wz = pid_v == 0
-    _store_block_ko(kv_o, z_o, s0, c0, cols, cmask, wz, 0, DV)
-    _store_block_ko(kv_o, z_o, s1, c1, cols, cmask, wz, 1, DV)
-    _store_block_ko(kv_o, z_o, s2, c2, cols, cmask, wz, 2, DV)
-    _store_block_ko(kv_o, z_o, s3, c3, cols, cmask, wz, 3, DV)
-    _store_block_ko(kv_o, z_o, s4, c4, cols, cmask, wz, 4, DV)
-    _store_block_ko(kv_o, z_o, s5, c5, cols, cmask, wz, 5, DV)
-    _store_block_ko(kv_o, z_o, s6, c6, cols, cmask, wz, 6, DV)
-    _store_block_ko(kv_o, z_o, s7, c7, cols, cmask, wz, 7, DV)
-    _store_block_ko(kv_o, z_o, s8, c8, cols, cmask, wz, 8, DV)
-    _store_block_ko(kv_o, z_o, s9, c9, cols, cmask, wz, 9, DV)
+    _store_state_ko(
+        st_kv + seg * KERNEL_ROWS_C * DV, st_z + seg * KERNEL_ROWS_C,
+        tl.trans(s_a), tl.trans(s_b), _zvec(z_a), _zvec(z_b), cols, cmask, pid_v == 0, DV,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -207,34 +221,39 @@ def _pla_state_scan_kernel(
     HAS_INIT: tl.constexpr,
     WRITE_PREFIX: tl.constexpr,
 ):
-    """Sequential scan over the (few) segment states of one (value tile, b*h), one 16-row block at a time.
-    Grid (value tiles, B*H)."""
+    """Sequential scan over the (few) segment states of one (value tile, b*h). Grid (value tiles, B*H)."""
     pid_v = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     cols = pid_v * BV + tl.arange(0, BV)
     cmask = cols < DV
     wz = pid_v == 0
-    for blk in tl.static_range(10):
-        if HAS_INIT:
-            s, c = _load_block_sym(
-                kv_init + pid_bh * EXPANDED_DIM_C * DV, z_init + pid_bh * EXPANDED_DIM_C, cols, cmask, blk, DV
-            )
-        else:
-            s = tl.zeros([16, BV], tl.float32)
-            c = tl.zeros([16], tl.float32)
-        for seg in range(0, NSEG):
-            off = pid_bh * NSEG + seg
-            if WRITE_PREFIX:
-                _store_block_ko(
-                    prefix_kv + off * KERNEL_ROWS_C * DV, prefix_z + off * KERNEL_ROWS_C, s, c, cols, cmask, wz,
-                    blk, DV,
-                )  # fmt: skip
-            ds, dc = _load_block_ko(st_kv + off * KERNEL_ROWS_C * DV, st_z + off * KERNEL_ROWS_C, cols, cmask, blk, DV)
-            s += ds
-            c += dc
-        _store_block_sym(
-            kv_out + pid_bh * EXPANDED_DIM_C * DV, z_out + pid_bh * EXPANDED_DIM_C, s, c, cols, cmask, wz, blk, DV
+    if HAS_INIT:
+        s_a, s_b, z_a, z_b = _load_state_sym(
+            kv_init + pid_bh * EXPANDED_DIM_C * DV, z_init + pid_bh * EXPANDED_DIM_C, cols, cmask, DV
         )
+    else:
+        s_a = tl.zeros([128, BV], tl.float32)
+        s_b = tl.zeros([32, BV], tl.float32)
+        z_a = tl.zeros([128], tl.float32)
+        z_b = tl.zeros([32], tl.float32)
+    for seg in range(0, NSEG):
+        off = pid_bh * NSEG + seg
+        if WRITE_PREFIX:
+            _store_state_ko(
+                prefix_kv + off * KERNEL_ROWS_C * DV, prefix_z + off * KERNEL_ROWS_C,
+                s_a, s_b, z_a, z_b, cols, cmask, wz, DV,
+            )  # fmt: skip
+        d_a, d_b, dz_a, dz_b = _load_state_ko(
+            st_kv + off * KERNEL_ROWS_C * DV, st_z + off * KERNEL_ROWS_C, cols, cmask, DV
+        )
+        s_a += d_a
+        s_b += d_b
+        z_a += dz_a
+        z_b += dz_b
+    _store_state_sym(
+        kv_out + pid_bh * EXPANDED_DIM_C * DV, z_out + pid_bh * EXPANDED_DIM_C,
+        s_a, s_b, z_a, z_b, cols, cmask, wz, DV,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -276,81 +295,53 @@ def _pla_chunk_fwd_kernel(
     v_base = v + (b.to(tl.int64) * L * H + h) * DV
     o_base = o + (b.to(tl.int64) * L * H + h) * DV
     m_base = key_mask + b.to(tl.int64) * L
+    dt = v.dtype.element_ty
 
     # Initial state: the op's (kv0, z0) in naive's layout, or this segment's prefix from the scan.
-    kv_s = kv_init + bh64 * EXPANDED_DIM_C * DV
-    z_s = z_init + bh64 * EXPANDED_DIM_C
-    kv_k = prefix_kv + (bh64 * nseg + pid_s) * KERNEL_ROWS_C * DV
-    z_k = prefix_z + (bh64 * nseg + pid_s) * KERNEL_ROWS_C
-    s0, c0 = _load_block(kv_s, z_s, kv_k, z_k, cols, cmask, 0, DV, SPLIT)
-    s1, c1 = _load_block(kv_s, z_s, kv_k, z_k, cols, cmask, 1, DV, SPLIT)
-    s2, c2 = _load_block(kv_s, z_s, kv_k, z_k, cols, cmask, 2, DV, SPLIT)
-    s3, c3 = _load_block(kv_s, z_s, kv_k, z_k, cols, cmask, 3, DV, SPLIT)
-    s4, c4 = _load_block(kv_s, z_s, kv_k, z_k, cols, cmask, 4, DV, SPLIT)
-    s5, c5 = _load_block(kv_s, z_s, kv_k, z_k, cols, cmask, 5, DV, SPLIT)
-    s6, c6 = _load_block(kv_s, z_s, kv_k, z_k, cols, cmask, 6, DV, SPLIT)
-    s7, c7 = _load_block(kv_s, z_s, kv_k, z_k, cols, cmask, 7, DV, SPLIT)
-    s8, c8 = _load_block(kv_s, z_s, kv_k, z_k, cols, cmask, 8, DV, SPLIT)
-    s9, c9 = _load_block(kv_s, z_s, kv_k, z_k, cols, cmask, 9, DV, SPLIT)
+    if SPLIT:
+        seg = bh64 * nseg + pid_s
+        s_a, s_b, z_a, z_b = _load_state_ko(
+            prefix_kv + seg * KERNEL_ROWS_C * DV, prefix_z + seg * KERNEL_ROWS_C, cols, cmask, DV
+        )
+    else:
+        s_a, s_b, z_a, z_b = _load_state_sym(
+            kv_init + bh64 * EXPANDED_DIM_C * DV, z_init + bh64 * EXPANDED_DIM_C, cols, cmask, DV
+        )
+    s_a = tl.trans(s_a)
+    s_b = tl.trans(s_b)
+    z_a = _zcol(z_a)
+    z_b = _zcol(z_b)
 
     f = tl.arange(0, 16)
     ci = tl.arange(0, C)
-    causal = ci[:, None] >= ci[None, :]
+    e0 = tl.where((f[:, None] == 0) & (ci[None, :] >= 0), 1.0, 0.0).to(dt)
     t_start = pid_s * SEG_LEN
     t_end = tl.minimum(t_start + SEG_LEN, L)
     for t in range(t_start, t_end, C):
         offs_t = t + ci
         valid = offs_t < t_end
-        vt = tl.load(
-            v_base + (offs_t * H * DV)[:, None] + cols[None, :], mask=valid[:, None] & cmask[None, :], other=0.0
-        )
-        dt = vt.dtype
+        vmask = valid[:, None] & cmask[None, :]
+        vt = tl.load(v_base + (offs_t * H * DV)[:, None] + cols[None, :], mask=vmask, other=0.0)
         qt = tl.load(q_base + (offs_t * H * 16)[:, None] + f[None, :], mask=valid[:, None], other=0.0).to(dt)
         kt = _load_keys(k_base, m_base, offs_t, valid, H, HAS_MASK).to(dt)
-        qf = qt.to(tl.float32)
-        kf = kt.to(tl.float32)
-        w = valid.to(tl.float32)[:, None]
 
         # Intra-chunk: scores 1 + s + s^2/2 straight from the 16-dim q.k; columns past the end masked.
         s = _dot(qt, tl.trans(kt), tl.zeros([C, C], tl.float32), IEEE) * 0.25
-        a = tl.where(causal & valid[None, :], 1.0 + s + 0.5 * s * s, 0.0)
+        a = tl.where((ci[:, None] >= ci[None, :]) & valid[None, :], 1.0 + s + 0.5 * s * s, 0.0)
         den = tl.sum(a, axis=1)
         acc = _dot(a.to(dt), vt, tl.zeros([C, BV], tl.float32), IEEE)
 
-        # Inter-chunk: read the state from before this chunk through the expanded features, then add
-        # the chunk to it, block by block.
-        acc, den, s0, c0 = _block_step(qt, qf, kt, kf, vt, w, acc, den, s0, c0, 0, IEEE)
-        acc, den, s1, c1 = _block_step(qt, qf, kt, kf, vt, w, acc, den, s1, c1, 1, IEEE)
-        acc, den, s2, c2 = _block_step(qt, qf, kt, kf, vt, w, acc, den, s2, c2, 2, IEEE)
-        acc, den, s3, c3 = _block_step(qt, qf, kt, kf, vt, w, acc, den, s3, c3, 3, IEEE)
-        acc, den, s4, c4 = _block_step(qt, qf, kt, kf, vt, w, acc, den, s4, c4, 4, IEEE)
-        acc, den, s5, c5 = _block_step(qt, qf, kt, kf, vt, w, acc, den, s5, c5, 5, IEEE)
-        acc, den, s6, c6 = _block_step(qt, qf, kt, kf, vt, w, acc, den, s6, c6, 6, IEEE)
-        acc, den, s7, c7 = _block_step(qt, qf, kt, kf, vt, w, acc, den, s7, c7, 7, IEEE)
-        acc, den, s8, c8 = _block_step(qt, qf, kt, kf, vt, w, acc, den, s8, c8, 8, IEEE)
-        acc, den, s9, c9 = _block_step(qt, qf, kt, kf, vt, w, acc, den, s9, c9, 9, IEEE)
-
+        # Inter-chunk: the state from before this chunk through the expanded features; then add the chunk.
+        acc, den = _chunk_readout(qt, acc, den, s_a, s_b, z_a, z_b, C, IEEE)
         out = acc / (den[:, None] + 1e-12)
-        tl.store(
-            o_base + (offs_t * H * DV)[:, None] + cols[None, :],
-            out.to(o.dtype.element_ty),
-            mask=valid[:, None] & cmask[None, :],
-        )
+        tl.store(o_base + (offs_t * H * DV)[:, None] + cols[None, :], out.to(o.dtype.element_ty), mask=vmask)
+        s_a, s_b, z_a, z_b = _chunk_update(kt, vt, valid.to(tl.float32)[:, None], e0, s_a, s_b, z_a, z_b, C, IEEE)
 
     if not SPLIT:
-        kv_o = kv_out + bh64 * EXPANDED_DIM_C * DV
-        z_o = z_out + bh64 * EXPANDED_DIM_C
-        wz = pid_v == 0
-        _store_block_sym(kv_o, z_o, s0, c0, cols, cmask, wz, 0, DV)
-        _store_block_sym(kv_o, z_o, s1, c1, cols, cmask, wz, 1, DV)
-        _store_block_sym(kv_o, z_o, s2, c2, cols, cmask, wz, 2, DV)
-        _store_block_sym(kv_o, z_o, s3, c3, cols, cmask, wz, 3, DV)
-        _store_block_sym(kv_o, z_o, s4, c4, cols, cmask, wz, 4, DV)
-        _store_block_sym(kv_o, z_o, s5, c5, cols, cmask, wz, 5, DV)
-        _store_block_sym(kv_o, z_o, s6, c6, cols, cmask, wz, 6, DV)
-        _store_block_sym(kv_o, z_o, s7, c7, cols, cmask, wz, 7, DV)
-        _store_block_sym(kv_o, z_o, s8, c8, cols, cmask, wz, 8, DV)
-        _store_block_sym(kv_o, z_o, s9, c9, cols, cmask, wz, 9, DV)
+        _store_state_sym(
+            kv_out + bh64 * EXPANDED_DIM_C * DV, z_out + bh64 * EXPANDED_DIM_C,
+            tl.trans(s_a), tl.trans(s_b), _zvec(z_a), _zvec(z_b), cols, cmask, pid_v == 0, DV,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------
