@@ -31,7 +31,7 @@ def _const(array: np.ndarray, name: str) -> onnx.TensorProto:
 _PAIR_ROWS = _const(naive._ROWS.numpy().astype(np.int64), "pair_rows")
 _PAIR_COLS = _const(naive._COLS.numpy().astype(np.int64), "pair_cols")
 _PAIR_SCALE = _const(naive._SCALE.numpy().astype(np.float32), "pair_scale")
-_LINEAR_SCALE = _const(np.array(naive.FEATURE_DIM**-0.25, dtype=np.float32), "linear_scale")
+_LINEAR_DIVISOR = _const(np.array(naive.FEATURE_DIM**0.25, dtype=np.float32), "linear_divisor")
 _EPS = _const(np.array(naive.EPS, dtype=np.float32), "eps")
 
 
@@ -44,7 +44,7 @@ def taylor_features(x: FLOAT) -> FLOAT:
     ones = op.Expand(
         op.Constant(value_float=1.0), op.Concat(op.Shape(x, end=-1), op.Constant(value_ints=[1]), axis=0)
     )
-    return op.Concat(ones, x * op.Constant(value=_LINEAR_SCALE), second, axis=-1)
+    return op.Concat(ones, x / op.Constant(value=_LINEAR_DIVISOR), second, axis=-1)
 
 
 @script(JRTC, default_opset=op)
