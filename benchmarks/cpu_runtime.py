@@ -182,6 +182,7 @@ def run(names: list[str], repeats: int, log: Callable[[str], None]) -> dict[str,
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "load_avg_1m_at_end": os.getloadavg()[0],  # other work on the machine skews both columns
         },
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "results": results,
