@@ -333,7 +333,8 @@ def test_cli_streams_the_completion(exported: dict[str, Exported], prompt_file: 
     result = _run(exported["example"].engine, "--prompt", prompt_file, "--max-new-tokens", 30)
     assert result.exit_code == 0, result.output
     assert result.stdout == "".join(t.text for t in expected)
-    assert "prompt 24 tokens (128 with padding)" in result.stderr and "tokens/s" in result.stderr
+    padded = engine.manifest.enc_length
+    assert f"prompt 24 tokens ({padded} with padding)" in result.stderr and "tokens/s" in result.stderr
 
     result = _run(
         exported["example"].engine / "model.onnx",
