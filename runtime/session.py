@@ -113,6 +113,7 @@ class Session:
             raise JrtcError("the prompt is empty")
         if any(not 0 <= t < vocab for t in [*request.prompt, *(request.fill or ())]):
             raise JrtcError(f"the prompt has token ids outside the model's vocabulary (0..{vocab - 1})")
+        request.stats = Stats()  # a request submitted again starts over
         self._pending.append(request)
 
     def cancel(self, request: Request) -> None:
