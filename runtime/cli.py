@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import click
+
+from jrtc.errors import JrtcError
 from jrtc.runtime.engine import Engine
 from jrtc.runtime.prompt import PAD_MODES, build_prompt
 from jrtc.runtime.sampling import SamplingParams
 from jrtc.runtime.session import Stats
-
-from jrtc.errors import JrtcError
 
 
 def read_prompt_file(path: Path) -> str:

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jrtc.runtime.backends import Backend, load_backend
-from jrtc.runtime.session import Session
 from tokenizers import Tokenizer
 
 from jrtc.errors import JrtcError
+from jrtc.runtime.backends import Backend, load_backend
+from jrtc.runtime.session import Session
 from jrtc.tokenizer import check_tokenizer_fits, load_tokenizer
 
 FORMAT_VERSION = 1

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from jrtc.errors import JrtcError
 from jrtc.runtime.prompt import Prompt, pad_prompt
 from jrtc.runtime.sampling import SamplingParams, sample
 from jrtc.runtime.text import TextStream
-
-from jrtc.errors import JrtcError
 
 if TYPE_CHECKING:
     from jrtc.runtime.engine import Engine

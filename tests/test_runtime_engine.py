@@ -21,8 +21,6 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 from jrt_fixtures import hf_config, random_state_dict, write_hf_checkpoint
-from jrtc.runtime import Engine, SamplingParams, build_prompt
-from jrtc.runtime.sampling import sample
 from tokenizers import Tokenizer
 
 from jrtc.checkpoint import load_checkpoint
@@ -30,6 +28,8 @@ from jrtc.cli import main
 from jrtc.errors import JrtcError
 from jrtc.example import CHECKPOINT
 from jrtc.model import JRTModel
+from jrtc.runtime import Engine, SamplingParams, build_prompt
+from jrtc.runtime.sampling import sample
 from jrtc.tokenizer import byte_level_tokenizer_json
 
 TEXT = (

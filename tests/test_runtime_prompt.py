@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from jrtc.runtime.prompt import Prompt, build_prompt, pad_prompt
 
 from jrtc.errors import JrtcError
+from jrtc.runtime.prompt import Prompt, build_prompt, pad_prompt
 
 
 def test_jrt_prompt_matches_the_paper_template() -> None:

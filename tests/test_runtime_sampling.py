@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from jrtc.runtime.sampling import SamplingParams, filtered_probs, sample
 
 from jrtc.errors import JrtcError
+from jrtc.runtime.sampling import SamplingParams, filtered_probs, sample
 
 LOGITS = np.array([1.0, 3.0, 0.5, 2.5, -1.0, 2.9, 0.0, 1.5], np.float32)
 ORDER = [1, 5, 3, 7, 0, 2, 6, 4]  # ids by decreasing logit

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from jrtc.runtime.text import TextStream
 from tokenizers import Tokenizer
 
 from jrtc.errors import JrtcError
+from jrtc.runtime.text import TextStream
 from jrtc.tokenizer import byte_level_tokenizer, byte_level_tokenizer_json, load_tokenizer, pad_token_id
 
 SAMPLES = [
