@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import onnxruntime
 import torch
-from jrtc.export.build import export_engine
-from jrtc.runtime import Engine
 
 from jrtc.checkpoint import load_checkpoint, save_checkpoint
 from jrtc.config import GPT2_SPACE_ID, JRTConfig
 from jrtc.example import CHECKPOINT as EXAMPLE_CHECKPOINT
+from jrtc.export.build import export_engine
 from jrtc.model import JRTModel
+from jrtc.runtime import Engine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_runtime.json"
 BATCHES = (1, 8)

@@ -17,19 +17,19 @@ from typing import Any
 
 import onnx
 import torch
-from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, DEFAULT_MAX_PROMPT_LEN, TARGETS, onnx_graph
-from jrtc.export.onnx_functions import OPSET
-from jrtc.plugins.pla.naive import FEATURE_LAYOUT
-
-# The reader's own constants and checksum, so that writer and reader agree by construction.
-from jrtc.runtime.engine import FORMAT_VERSION, MANIFEST
-from jrtc.runtime.engine import _sha256 as checksum
 from tokenizers import Tokenizer
 
 import jrtc
 from jrtc.checkpoint import load_checkpoint
 from jrtc.errors import JrtcError
+from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, DEFAULT_MAX_PROMPT_LEN, TARGETS, onnx_graph
+from jrtc.export.onnx_functions import OPSET
 from jrtc.model import JRTModel
+from jrtc.plugins.pla.naive import FEATURE_LAYOUT
+
+# The reader's own constants and checksum, so that writer and reader agree by construction.
+from jrtc.runtime.engine import FORMAT_VERSION, MANIFEST
+from jrtc.runtime.engine import _sha256 as checksum
 from jrtc.tokenizer import byte_level_tokenizer_json, check_tokenizer_fits, load_tokenizer
 
 ENGINE = "model.onnx"

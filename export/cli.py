@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
 from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, TARGETS
 
 if TYPE_CHECKING:

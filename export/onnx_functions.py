@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from jrtc.plugins.pla import naive
 from onnx import numpy_helper
 from onnxscript import BOOL, FLOAT, INT64, script
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
+
+from jrtc.plugins.pla import naive
 
 DOMAIN = "jrtc"
 OPSET = 18  # the default-domain opset of the whole graph; function bodies must import the same version

@@ -18,14 +18,14 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 import torch
-from jrtc.export import onnx_functions
-from jrtc.export.onnx_functions import DOMAIN, OPSET
-from jrtc.plugins.pla.naive import EXPANDED_DIM
 from torch import nn
 
 from jrtc.errors import JrtcError
+from jrtc.export import onnx_functions
+from jrtc.export.onnx_functions import DOMAIN, OPSET
 from jrtc.layers import BaseConv, PrefixLinearAttention, SlidingWindowAttention
 from jrtc.model import JRTModel
+from jrtc.plugins.pla.naive import EXPANDED_DIM
 
 # What the TensorRT ONNX parser needs to pick a plugin over the local function (reference/tensorrt.md §3.2).
 PLUGIN_ATTRS = {"plugin_namespace": DOMAIN, "plugin_version": "1", "aot": 1}

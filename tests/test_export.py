@@ -14,13 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from jrt_fixtures import hf_config, random_state_dict, write_hf_checkpoint
-from jrtc.export import build, onnx_graph
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from jrtc.checkpoint import load_checkpoint, save_checkpoint
 from jrtc.cli import main
 from jrtc.config import JRTConfig
 from jrtc.errors import JrtcError
+from jrtc.export import build, onnx_graph
 from jrtc.model import JRTModel
 from jrtc.tokenizer import byte_level_tokenizer_json
 
