@@ -1,8 +1,9 @@
 """PLA Triton kernels (prefill ``chunk``, decode ``fused_recurrent``, torch ops) against ``naive``.
 
-On the CPU (CI) the kernels run in the Triton interpreter at tiny shapes. With ``JRTC_PLA_TEST_DEVICE=cuda``
-the same tests run on the GPU at larger shapes (``benchmarks/gpu_check.sh``), plus bf16 cases (the
-interpreter's bf16 dot is broken in Triton 3.9, so half precision is covered on the CPU by fp16).
+On the CPU (CI) the kernels run in the Triton interpreter at tiny shapes, in fp32 with tight tolerances
+(plus one fp16 case: the interpreter's bf16 dot is broken in Triton 3.9). With ``JRTC_PLA_TEST_DEVICE=cuda``
+the same tests run on the GPU at larger shapes in bf16, the dtype the models run in
+(``benchmarks/gpu_check.sh``), with one fp32 case; fp32 kernels take long to compile for sm_90.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ if DEVICE == "cpu":
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
 from jrtc.plugins.pla import naive  # noqa: E402
 
 BIG = DEVICE == "cuda"
@@ -45,15 +47,22 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+# Activation dtype of the parametrized cases and the matching tolerances (relative to the largest value).
+ACT = torch.bfloat16 if BIG else torch.float32
+FP32_REL = 2e-5
+REL_O = 2e-2 if BIG else FP32_REL  # bf16 output rounding, bf16 features and state in the tensor-core dots
+REL_STATE = 1e-2 if BIG else FP32_REL
+
+
+def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = ACT) -> torch.Tensor:
     return torch.randn(*shape, generator=gen).to(device=DEVICE, dtype=dtype)
 
 
 def _state(gen: torch.Generator, batch: int, heads: int, dv: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A plausible state: the encoder state of some random prefix (so z and kv are consistent)."""
     length = 37
-    k = _randn(gen, batch, length, heads, 16)
-    v = _randn(gen, batch, length, heads, dv)
+    k = _randn(gen, batch, length, heads, 16, dtype=torch.float32)
+    v = _randn(gen, batch, length, heads, dv, dtype=torch.float32)
     return naive.pla_encode(k, v)
 
 
@@ -73,9 +82,6 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, what:
     assert err <= rel * scale + 1e-30, f"{what}: max error {err:.3e} > {rel:.1e} * {scale:.3e}"
 
 
-FP32_REL = 2e-5
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Causal prefill
 # ---------------------------------------------------------------------------------------------------------
@@ -89,7 +95,15 @@ CAUSAL_CASES = {
     "masked keys": (2, 50, 2, 16, True, True, PrefillConfig()),
     "small chunk, many chunks": (1, 83, 2, 64, True, True, PrefillConfig(chunk=16)),
     "sequence parallel forced": (1, 150, 2, 64, True, True, PrefillConfig(chunk=16, num_segments=3)),
-    "sequence parallel, uneven last segment": (2, 100, 1, 112, True, False, PrefillConfig(chunk=16, num_segments=4)),
+    "sequence parallel, uneven last segment": (
+        2,
+        100,
+        1,
+        112,
+        True,
+        False,
+        PrefillConfig(chunk=16, num_segments=4),
+    ),
 }
 if BIG:
     CAUSAL_CASES = {
@@ -120,11 +134,32 @@ def test_causal_matches_naive(name: str) -> None:
     o, kv, z = chunk.pla_causal_with(q, k, v, kv0, z0, mask, config=config)
     ro, rkv, rz = naive.pla_causal(q, k, v, kv0, z0, mask)
     assert o.dtype == v.dtype and kv.dtype == torch.float32 and z.dtype == torch.float32
-    assert_close(o, ro, FP32_REL, "o")
-    assert_close(kv, rkv, FP32_REL, "kv")
-    assert_close(z, rz, FP32_REL, "z")
+    assert_close(o, ro, REL_O, "o")
+    assert_close(kv, rkv, REL_STATE, "kv")
+    assert_close(z, rz, REL_STATE, "z")
     for before, after in zip(inputs, (q, k, v, kv0, z0), strict=True):
         assert torch.equal(before, after), "an input was modified"
+
+
+@pytest.mark.skipif(not BIG, reason="the CPU cases above already run in fp32")
+def test_causal_fp32_on_cuda() -> None:
+    """fp32 activations on the GPU (tf32x3 dots): tight tolerance, split and unsplit, with a key mask."""
+    gen = _gen(99)
+    batch, length, heads, dv = 2, 1000, 2, 64
+    q, k = (
+        _randn(gen, batch, length, heads, 16, dtype=torch.float32),
+        _randn(gen, batch, length, heads, 16, dtype=torch.float32),
+    )
+    v = _randn(gen, batch, length, heads, dv, dtype=torch.float32)
+    kv0, z0 = _state(gen, batch, heads, dv)
+    mask = _mask(gen, batch, length)
+    ro, rkv, rz = naive.pla_causal(q, k, v, kv0, z0, mask)
+    for segments in (1, 3):
+        config = PrefillConfig(num_segments=segments)
+        o, kv, z = chunk.pla_causal_with(q, k, v, kv0, z0, mask, config=config)
+        assert_close(o, ro, 1e-4, f"o ({segments} segments)")
+        assert_close(kv, rkv, 1e-4, f"kv ({segments} segments)")
+        assert_close(z, rz, 1e-4, f"z ({segments} segments)")
 
 
 def test_sequence_parallel_is_chosen_for_small_batch() -> None:
@@ -144,9 +179,9 @@ def test_causal_default_config_splits_and_matches() -> None:
     assert chunk._num_segments(1, length, 64, torch.device(DEVICE), min_chunks=4) > 1
     o, kv, z = chunk.pla_causal(q, k, v, kv0, z0)
     ro, rkv, rz = naive.pla_causal(q, k, v, kv0, z0)
-    assert_close(o, ro, FP32_REL, "o")
-    assert_close(kv, rkv, FP32_REL, "kv")
-    assert_close(z, rz, FP32_REL, "z")
+    assert_close(o, ro, REL_O, "o")
+    assert_close(kv, rkv, REL_STATE, "kv")
+    assert_close(z, rz, REL_STATE, "z")
 
 
 def test_causal_zero_length_returns_initial_state() -> None:
@@ -196,16 +231,16 @@ def test_jrt_prefill_matches_naive(name: str) -> None:
 
     kv_e, z_e = chunk.pla_encode(k_enc, v_enc, enc_mask)
     rkv_e, rz_e = naive.pla_encode(k_enc, v_enc, enc_mask)
-    assert_close(kv_e, rkv_e, FP32_REL, "encoder kv")
-    assert_close(z_e, rz_e, FP32_REL, "encoder z")
+    assert_close(kv_e, rkv_e, REL_STATE, "encoder kv")
+    assert_close(z_e, rz_e, REL_STATE, "encoder z")
     if enc_len == 0:
         assert not kv_e.any() and not z_e.any()
 
     o, kv, z = chunk.pla_causal(q, k, v, kv0 + kv_e, z0 + z_e, dec_mask)
     ro, rkv, rz = naive.pla_causal(q, k, v, kv0 + rkv_e, z0 + rz_e, dec_mask)
-    assert_close(o, ro, FP32_REL, "o")
-    assert_close(kv, rkv, FP32_REL, "kv")
-    assert_close(z, rz, FP32_REL, "z")
+    assert_close(o, ro, REL_O, "o")
+    assert_close(kv, rkv, REL_STATE, "kv")
+    assert_close(z, rz, REL_STATE, "z")
 
 
 @pytest.mark.parametrize("num_segments", [1, 3, 7])
@@ -216,8 +251,8 @@ def test_encode_split_k(num_segments: int) -> None:
     mask = _mask(gen, 2, length)
     kv, z = chunk.pla_encode_with(k, v, mask, config=PrefillConfig(chunk=32, num_segments=num_segments))
     rkv, rz = naive.pla_encode(k, v, mask)
-    assert_close(kv, rkv, FP32_REL, "kv")
-    assert_close(z, rz, FP32_REL, "z")
+    assert_close(kv, rkv, REL_STATE, "kv")
+    assert_close(z, rz, REL_STATE, "z")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -235,7 +270,7 @@ def test_decode_matches_naive(batch: int, heads: int, dv: int) -> None:
     kv_in, z_in = kv.clone(), z.clone()
     o, kv_new, z_new = fused_recurrent.pla_decode(q, k, v, kv, z)
     ro, rkv, rz = naive.pla_decode(q, k, v, kv, z)
-    assert_close(o, ro, FP32_REL, "o")
+    assert_close(o, ro, REL_O, "o")
     assert_close(kv_new, rkv, FP32_REL, "kv")
     assert_close(z_new, rz, FP32_REL, "z")
     assert torch.equal(kv, kv_in) and torch.equal(z, z_in), "decode modified its input state"
@@ -248,21 +283,21 @@ def test_decode_block_sizes_and_in_place() -> None:
     ro, rkv, rz = naive.pla_decode(q, k, v, kv, z)
     for block_v in (16, 32, 64):
         o, kv_new, z_new = fused_recurrent.pla_decode_with(q, k, v, kv, z, block_v=block_v)
-        assert_close(o, ro, FP32_REL, f"o (block_v {block_v})")
+        assert_close(o, ro, REL_O, f"o (block_v {block_v})")
         assert_close(kv_new, rkv, FP32_REL, f"kv (block_v {block_v})")
     # kv may be updated in place; z only with one value tile per head (all tiles read it, one writes it).
     kv_io, z_io = kv.clone(), z.clone()
     z_out = torch.empty_like(z)
     o, kv_new, z_new = fused_recurrent.pla_decode_with(q, k, v, kv_io, z_io, block_v=32, out=(kv_io, z_out))
     assert kv_new.data_ptr() == kv_io.data_ptr()
-    assert_close(o, ro, FP32_REL, "o in place")
+    assert_close(o, ro, REL_O, "o in place")
     assert_close(kv_io, rkv, FP32_REL, "kv in place")
     assert_close(z_out, rz, FP32_REL, "z")
     with pytest.raises(ValueError, match="alias"):
         fused_recurrent.pla_decode_with(q, k, v, kv.clone(), z_io, block_v=32, out=(kv.clone(), z_io))
     kv_io, z_io = kv.clone(), z.clone()
     o, _, _ = fused_recurrent.pla_decode_with(q, k, v, kv_io, z_io, block_v=128, out=(kv_io, z_io))
-    assert_close(o, ro, FP32_REL, "o fully in place")
+    assert_close(o, ro, REL_O, "o fully in place")
     assert_close(kv_io, rkv, FP32_REL, "kv fully in place")
     assert_close(z_io, rz, FP32_REL, "z fully in place")
 
@@ -280,9 +315,9 @@ def test_prefill_then_decode_equals_longer_prefill() -> None:
         o, kv, z = fused_recurrent.pla_decode(q[:, t], k[:, t], v[:, t], kv, z)
         outs.append(o)
     ro, rkv, rz = naive.pla_causal(q, k, v, kv0, z0)
-    assert_close(torch.stack(outs, dim=1), ro[:, length:], FP32_REL, "decoded o")
-    assert_close(kv, rkv, FP32_REL, "kv")
-    assert_close(z, rz, FP32_REL, "z")
+    assert_close(torch.stack(outs, dim=1), ro[:, length:], REL_O, "decoded o")
+    assert_close(kv, rkv, REL_STATE, "kv")
+    assert_close(z, rz, REL_STATE, "z")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -298,7 +333,10 @@ def test_half_precision_prefill_and_decode(dtype: torch.dtype) -> None:
     with naive on the same (rounded) inputs. The bound covers rounding of features, state and output."""
     gen = _gen(8)
     batch, length, heads, dv = (2, 70, 2, 64) if not BIG else (2, 3000, 4, 64)
-    q, k = _randn(gen, batch, length, heads, 16, dtype=dtype), _randn(gen, batch, length, heads, 16, dtype=dtype)
+    q, k = (
+        _randn(gen, batch, length, heads, 16, dtype=dtype),
+        _randn(gen, batch, length, heads, 16, dtype=dtype),
+    )
     v = _randn(gen, batch, length, heads, dv, dtype=dtype)
     kv0, z0 = _state(gen, batch, heads, dv)
     o, kv, z = chunk.pla_causal(q, k, v, kv0, z0)
@@ -332,16 +370,16 @@ def test_ops_match_naive_and_dispatch_one_token_to_decode() -> None:
         for got, ref in zip(
             ops.pla_causal(q, k, v, kv0, z0, mask), naive.pla_causal(q, k, v, kv0, z0, mask), strict=True
         ):
-            assert_close(got, ref, FP32_REL, f"pla_causal L={length}")
+            assert_close(got, ref, REL_O, f"pla_causal L={length}")
         for got, ref in zip(ops.pla_encode(k, v, mask), naive.pla_encode(k, v, mask), strict=True):
-            assert_close(got, ref, FP32_REL, "pla_encode")
+            assert_close(got, ref, REL_O, "pla_encode")
     q, k, v, kv0, z0, _ = _op_inputs(1)
     for got, ref in zip(
         ops.pla_decode(q[:, 0], k[:, 0], v[:, 0], kv0, z0),
         naive.pla_decode(q[:, 0], k[:, 0], v[:, 0], kv0, z0),
         strict=True,
     ):
-        assert_close(got, ref, FP32_REL, "pla_decode")
+        assert_close(got, ref, REL_O, "pla_decode")
 
 
 def test_ops_opcheck() -> None:

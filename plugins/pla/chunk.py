@@ -48,12 +48,15 @@ EXPANDED_DIM_C: tl.constexpr = tl.constexpr(EXPANDED_DIM)
 
 
 @triton.jit
-def _dot(a, b, acc, IEEE: tl.constexpr):
-    # fp32 operands (tests, fp32 models) use full-precision dots; Triton's fp32 default would be tf32.
-    if IEEE:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
+def _dot(a, b, acc, PREC: tl.constexpr):
+    # PREC is "" for half-precision operands; for fp32 operands (tests, fp32 models) "tf32x3" on GPUs
+    # (three tf32 products, about fp32 accuracy, on the tensor cores: an FMA "ieee" dot of these tiles spills
+    # so much that ptxas takes a minute per kernel) and "ieee" in the interpreter. Triton's default would be
+    # plain tf32 (10-bit mantissa).
+    if PREC == "":
         return tl.dot(a, b, acc)
+    else:
+        return tl.dot(a, b, acc, input_precision=PREC)
 
 
 @triton.jit
@@ -101,36 +104,36 @@ def _zvec(zc):
 
 
 @triton.jit
-def _chunk_update(kt, vt, w, e0t, s_a, s_b, z_a, z_b, C: tl.constexpr, IEEE: tl.constexpr):
+def _chunk_update(kt, vt, w, e0t, s_a, s_b, z_a, z_b, C: tl.constexpr, PREC: tl.constexpr):
     """``S^T += V^T phi(K)`` and ``z^T += 1^T phi(K)`` (row 0 of ``e0t``) for one chunk, pieces A and B;
     ``w`` zeroes rows past the end (they must add nothing, not phi(0) = e_0)."""
     dt = vt.dtype
     f_a = _features_a(kt, C) * w.to(dt)
     f_b = (_features_b(kt.to(tl.float32), C) * w).to(dt)
     vtt = tl.trans(vt)
-    s_a = _dot(vtt, f_a, s_a, IEEE)
-    s_b = _dot(vtt, f_b, s_b, IEEE)
-    z_a = _dot(e0t, f_a, z_a, IEEE)
-    z_b = _dot(e0t, f_b, z_b, IEEE)
+    s_a = _dot(vtt, f_a, s_a, PREC)
+    s_b = _dot(vtt, f_b, s_b, PREC)
+    z_a = _dot(e0t, f_a, z_a, PREC)
+    z_b = _dot(e0t, f_b, z_b, PREC)
     return s_a, s_b, z_a, z_b
 
 
 @triton.jit
-def _chunk_readout(qt, acc, den, s_a, s_b, z_a, z_b, C: tl.constexpr, IEEE: tl.constexpr):
+def _chunk_readout(qt, acc, den, s_a, s_b, z_a, z_b, C: tl.constexpr, PREC: tl.constexpr):
     """Add ``phi(Q) S`` to ``acc`` and ``phi(Q) z`` to ``den`` for one chunk (state from before the chunk)."""
     dt = qt.dtype
     g_a = _features_a(qt, C)
     g_b = _features_b(qt.to(tl.float32), C).to(dt)
-    acc = _dot(g_a, tl.trans(s_a.to(dt)), acc, IEEE)
-    acc = _dot(g_b, tl.trans(s_b.to(dt)), acc, IEEE)
+    acc = _dot(g_a, tl.trans(s_a.to(dt)), acc, PREC)
+    acc = _dot(g_b, tl.trans(s_b.to(dt)), acc, PREC)
     # The normalizer: z (a token count in its constant row) split into a half-precision high part and the
     # remainder, so the tensor-core read-out keeps ~16 significant bits of it.
     za_hi = z_a.to(dt)
     zb_hi = z_b.to(dt)
-    dacc = _dot(g_a, tl.trans(za_hi), tl.zeros([C, 16], tl.float32), IEEE)
-    dacc = _dot(g_a, tl.trans((z_a - za_hi.to(tl.float32)).to(dt)), dacc, IEEE)
-    dacc = _dot(g_b, tl.trans(zb_hi), dacc, IEEE)
-    dacc = _dot(g_b, tl.trans((z_b - zb_hi.to(tl.float32)).to(dt)), dacc, IEEE)
+    dacc = _dot(g_a, tl.trans(za_hi), tl.zeros([C, 16], tl.float32), PREC)
+    dacc = _dot(g_a, tl.trans((z_a - za_hi.to(tl.float32)).to(dt)), dacc, PREC)
+    dacc = _dot(g_b, tl.trans(zb_hi), dacc, PREC)
+    dacc = _dot(g_b, tl.trans((z_b - zb_hi.to(tl.float32)).to(dt)), dacc, PREC)
     return acc, den + tl.sum(dacc, axis=1)
 
 
@@ -164,7 +167,7 @@ def _pla_segment_state_kernel(
     BV: tl.constexpr,
     C: tl.constexpr,
     HAS_MASK: tl.constexpr,
-    IEEE: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """Partial state ``sum phi(k_t) [v_t | 1]`` over one segment: the split-K step of the encoder and the
     first pass of the sequence-parallel causal path. Grid (value tiles, segments, B*H)."""
@@ -196,7 +199,7 @@ def _pla_segment_state_kernel(
         vt = tl.load(v_base + (offs_t * H * DV)[:, None] + cols[None, :], mask=vmask, other=0.0)
         kt = _load_keys(k_base, m_base, offs_t, valid, H, HAS_MASK).to(dt)
         w = valid.to(tl.float32)[:, None]
-        s_a, s_b, z_a, z_b = _chunk_update(kt, vt, w, e0, s_a, s_b, z_a, z_b, C, IEEE)
+        s_a, s_b, z_a, z_b = _chunk_update(kt, vt, w, e0, s_a, s_b, z_a, z_b, C, PREC)
 
     seg = pid_bh.to(tl.int64) * nseg + pid_s
     _store_state_ko(
@@ -277,7 +280,7 @@ def _pla_chunk_fwd_kernel(
     C: tl.constexpr,
     HAS_MASK: tl.constexpr,
     SPLIT: tl.constexpr,
-    IEEE: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """Causal chunked pass over one segment of one (b, h), for BV value columns.
     Grid (value tiles, segments, B*H)."""
@@ -326,16 +329,16 @@ def _pla_chunk_fwd_kernel(
         kt = _load_keys(k_base, m_base, offs_t, valid, H, HAS_MASK).to(dt)
 
         # Intra-chunk: scores 1 + s + s^2/2 straight from the 16-dim q.k; columns past the end masked.
-        s = _dot(qt, tl.trans(kt), tl.zeros([C, C], tl.float32), IEEE) * 0.25
+        s = _dot(qt, tl.trans(kt), tl.zeros([C, C], tl.float32), PREC) * 0.25
         a = tl.where((ci[:, None] >= ci[None, :]) & valid[None, :], 1.0 + s + 0.5 * s * s, 0.0)
         den = tl.sum(a, axis=1)
-        acc = _dot(a.to(dt), vt, tl.zeros([C, BV], tl.float32), IEEE)
+        acc = _dot(a.to(dt), vt, tl.zeros([C, BV], tl.float32), PREC)
 
         # Inter-chunk: the state from before this chunk through the expanded features; then add the chunk.
-        acc, den = _chunk_readout(qt, acc, den, s_a, s_b, z_a, z_b, C, IEEE)
+        acc, den = _chunk_readout(qt, acc, den, s_a, s_b, z_a, z_b, C, PREC)
         out = acc / (den[:, None] + 1e-12)
         tl.store(o_base + (offs_t * H * DV)[:, None] + cols[None, :], out.to(o.dtype.element_ty), mask=vmask)
-        s_a, s_b, z_a, z_b = _chunk_update(kt, vt, valid.to(tl.float32)[:, None], e0, s_a, s_b, z_a, z_b, C, IEEE)
+        s_a, s_b, z_a, z_b = _chunk_update(kt, vt, valid.to(tl.float32)[:, None], e0, s_a, s_b, z_a, z_b, C, PREC)
 
     if not SPLIT:
         _store_state_sym(
@@ -381,6 +384,12 @@ def _num_segments(programs: int, length: int, chunk: int, device: torch.device, 
     return max(1, min(want, most))
 
 
+def _dot_precision(v: torch.Tensor) -> str:
+    if v.dtype != torch.float32:
+        return ""
+    return "tf32x3" if v.device.type == "cuda" else "ieee"
+
+
 def _check_inputs(name: str, x: torch.Tensor, dims: int, last: int | None = None) -> None:
     if x.dim() != dims or (last is not None and x.shape[-1] != last):
         raise ValueError(f"{name}: expected {dims} dims" + (f" ending in {last}" if last else "") + f", got {tuple(x.shape)}")
@@ -413,7 +422,7 @@ def segment_states(
     grid = (triton.cdiv(dv, bv), nseg, batch * heads)
     _pla_segment_state_kernel[grid](
         k, v, _mask_arg(key_mask, (batch, length), k), length, heads, seg_len, st_kv, st_z,
-        DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, IEEE=v.dtype == torch.float32,
+        DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, PREC=_dot_precision(v),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return st_kv, st_z, seg_len
@@ -512,12 +521,12 @@ def pla_causal_with(
     nseg = config.num_segments
     if nseg is None:
         nseg = _num_segments(nv * batch * heads, length, config.chunk, v.device, min_chunks=4)
-    ieee = dtype == torch.float32
+    prec = _dot_precision(v)
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     if nseg <= 1:
         _pla_chunk_fwd_kernel[(nv, 1, batch * heads)](
             q, k, v, kv0, z0, kv0, z0, mask, length, heads, length, o, kv, z,
-            DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, SPLIT=False, IEEE=ieee, **launch,
+            DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, SPLIT=False, PREC=prec, **launch,
         )  # fmt: skip
         return o, kv, z
     # Sequence parallel: segment states, exclusive scan from (kv0, z0), then each segment's outputs.
@@ -531,7 +540,7 @@ def pla_causal_with(
     )  # fmt: skip
     _pla_chunk_fwd_kernel[(nv, nseg, batch * heads)](
         q, k, v, kv0, z0, prefix_kv, prefix_z, mask, length, heads, seg_len, o, kv, z,
-        DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, SPLIT=True, IEEE=ieee, **launch,
+        DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, SPLIT=True, PREC=prec, **launch,
     )  # fmt: skip
     return o, kv, z
 
