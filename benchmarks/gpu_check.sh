@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# GPU check of the PLA kernels (issue #4): run from the repository root on a machine with a CUDA GPU.
+#   1. installs carried wheels from .whl/ if any (fla-core 0.6.0, the optional fla baseline),
+#   2. makes jrtc.plugins importable from this checkout,
+#   3. runs tests/test_pla_kernels.py on CUDA at the larger shapes (JRTC_PLA_TEST_DEVICE=cuda),
+#   4. runs benchmarks/decode_kernels.py and benchmarks/prefill_kernels.py (with launch-config sweeps),
+# writing logs and JSON under $OUT (default benchmarks/results). Steps keep going after a failure; the exit
+# status is nonzero if any step failed.
+#
+# Fetch the wheels beforehand on a machine with network access, from the repository root:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl fla-core==0.6.0
+# (fla-core's only other requirement, einops, is usually installed already.)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results}"
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+export PYTHONUNBUFFERED=1
+status=0
+step() { echo "=== $* ($(date -u +%H:%M:%S))" | tee -a "$LOG"; }
+
+step "environment"
+{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+} 2>&1 | tee -a "$LOG"
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  step "install carried wheels"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    2>&1 | tee -a "$LOG" && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+step "make jrtc.plugins importable"
+if ! python3 -c "import jrtc.plugins.pla" 2>/dev/null; then
+  # The package maps jrtc.plugins to plugins/ at install time; without installing, extend jrtc's path.
+  shim=/tmp/jrtc_shim
+  mkdir -p "$shim/extra"
+  ln -sfn "$PWD/plugins" "$shim/extra/plugins"
+  printf 'import jrtc\njrtc.__path__.append("%s/extra")\n' "$shim" > "$shim/sitecustomize.py"
+  export PYTHONPATH="$shim:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+python3 -c "import jrtc.plugins.pla.ops, fla; print('jrtc.plugins ok; fla', fla.__version__)" 2>&1 | tee -a "$LOG"
+
+step "kernel tests on CUDA"
+JRTC_PLA_TEST_DEVICE=cuda timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_pla_kernels.py 2>&1 \
+  | tee -a "$LOG" || status=1
+
+step "decode benchmark"
+timeout 150 python3 benchmarks/decode_kernels.py --sweep --out "$OUT" 2>&1 | tee -a "$LOG" || status=1
+
+step "prefill benchmark"
+timeout 400 python3 benchmarks/prefill_kernels.py --sweep --out "$OUT" 2>&1 | tee -a "$LOG" || status=1
+
+step "done (status $status)"
+exit $status
