@@ -193,6 +193,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--repeats", type=int, default=3, help="timed prefills (decode runs: half as many)")
+    parser.add_argument(
+        "--torch-threads", type=int, help="PyTorch's intra-op threads [default: torch's own choice]"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args()
@@ -205,6 +208,8 @@ def main() -> None:
         if not args.quiet:
             print(f"cpu_runtime: {message}", file=sys.stderr, flush=True)
 
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     report = run(names, args.repeats, log)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
