@@ -43,14 +43,17 @@ fi
 python3 -c "import jrtc.plugins.pla.ops, fla; print('jrtc.plugins ok; fla', fla.__version__)" 2>&1 | tee -a "$LOG"
 
 step "kernel tests on CUDA"
-JRTC_PLA_TEST_DEVICE=cuda timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_pla_kernels.py 2>&1 \
-  | tee -a "$LOG" || status=1
+# Several workers compile the kernel variants in parallel (Triton compiles on the CPU, one at a time).
+xdist=""; python3 -c "import xdist" 2>/dev/null && xdist="-n 8"
+JRTC_PLA_TEST_DEVICE=cuda timeout "${TEST_TIMEOUT:-100}" python3 -m pytest -q -p no:cacheprovider $xdist \
+  tests/test_pla_kernels.py 2>&1 | tee -a "$LOG" || status=1
 
 step "decode benchmark"
-timeout 150 python3 benchmarks/decode_kernels.py --sweep --out "$OUT" 2>&1 | tee -a "$LOG" || status=1
+timeout "${DECODE_TIMEOUT:-45}" python3 benchmarks/decode_kernels.py --sweep --out "$OUT" 2>&1 | tee -a "$LOG" || status=1
 
 step "prefill benchmark"
-timeout 400 python3 benchmarks/prefill_kernels.py --sweep --out "$OUT" 2>&1 | tee -a "$LOG" || status=1
+timeout "${PREFILL_TIMEOUT:-150}" python3 benchmarks/prefill_kernels.py --sweep --out "$OUT" 2>&1 \
+  | tee -a "$LOG" || status=1
 
 step "done (status $status)"
 exit $status

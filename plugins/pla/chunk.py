@@ -375,12 +375,17 @@ def _block_v(dv: int, block_v: int | None) -> int:
 
 
 def _num_segments(programs: int, length: int, chunk: int, device: torch.device, min_chunks: int) -> int:
-    """Split the sequence only when the (value tile, b*h) programs cannot fill the GPU about twice over."""
-    target = 2 * num_sms(device)
-    if programs >= target:
+    """Sequence segments per (b, h) for the causal pass.
+
+    Splitting costs an extra pass over k and v (the segment states), so it pays only when the
+    (value tile, b*h) programs leave SMs idle: below one program per SM, split until there are about two
+    per SM, keeping each segment at least ``min_chunks`` chunks long.
+    """
+    sms = num_sms(device)
+    if programs >= sms:
         return 1
-    want = triton.cdiv(target, programs)
-    most = max(1, length // (min_chunks * chunk))  # keep each segment a few chunks long
+    want = triton.cdiv(2 * sms, programs)
+    most = max(1, length // (min_chunks * chunk))
     return max(1, min(want, most))
 
 
