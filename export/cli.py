@@ -31,14 +31,11 @@ def summary_lines(exported: Exported) -> list[str]:
         f"state per sequence: {_size(state)} in {len(m['state'])} tensors; "
         f"pool of {m['max_batch']}: {_size(state * m['max_batch'])}"
     )
-    batch = "B"
     lines.append(
-        f"inputs: input_ids [{batch}, L] int64, start_pos [{batch}] int64, num_pad [{batch}] int64, "
+        "inputs: input_ids [B, L] int64, start_pos [B] int64, num_pad [B] int64, "
         f"{len(m['state'])} state.* tensors (L <= max_prompt_len {m['max_prompt_len']})"
     )
-    lines.append(
-        f"outputs: logits [{batch}, {m['vocab_size_padded']}] float32, {len(m['state'])} next.* tensors"
-    )
+    lines.append(f"outputs: logits [B, {m['vocab_size_padded']}] float32, {len(m['state'])} next.* tensors")
     return lines
 
 
