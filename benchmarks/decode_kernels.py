@@ -93,6 +93,10 @@ def kernel_step(x: dict[str, torch.Tensor], block_v: int | None, num_warps: int)
 
 
 def naive_step(x: dict[str, torch.Tensor]) -> Callable[[int], object]:
+    # naive moves its constant feature indices to the input's device on every call; keep them there so
+    # the step can be captured in a CUDA graph (no host-to-device copy inside the capture).
+    naive._ROWS, naive._COLS, naive._SCALE = (t.to(DEVICE) for t in (naive._ROWS, naive._COLS, naive._SCALE))
+
     def step(i: int) -> object:
         return naive.pla_decode(x["q"], x["k"], x["v"], x["kv"], x["z"])
 

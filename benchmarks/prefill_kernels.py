@@ -20,7 +20,6 @@ Writes benchmarks/results/prefill_kernels-<gpu>.json (or DIR/...).
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,6 +102,14 @@ def make_inputs(batch: int, heads: int, length: int, enc_len: int, dv: int, seed
     return x
 
 
+def zero_state(x: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, _, heads, _ = x["q"].shape
+    return (
+        torch.zeros(batch, heads, D, x["v"].shape[-1], device=DEVICE),
+        torch.zeros(batch, heads, D, device=DEVICE),
+    )
+
+
 def pla_prefill(x: dict[str, Any], config: chunk.PrefillConfig, enc_config: chunk.PrefillConfig):
     """The model's prefill for one layer: encoder state (if any), then the causal pass from it."""
     q, k, v = x["q"], x["k"], x["v"]
@@ -138,67 +145,79 @@ def check(x: dict[str, Any], out: tuple[torch.Tensor, ...]) -> dict[str, float]:
     }
 
 
+# (chunk, block_v, num_warps, maxnreg, num_segments) tried at B=16, H=16, dv=64
+CAUSAL_SWEEP = [
+    (32, 64, 4, None, 1),
+    (64, 64, 4, None, 1),
+    (16, 64, 4, None, 1),
+    (16, 64, 8, None, 1),
+    (32, 64, 8, None, 1),
+    (32, 64, 4, 168, 1),
+    (32, 64, 4, 168, 2),
+    (32, 64, 4, 128, 2),
+    (16, 64, 4, 128, 2),
+    (64, 64, 4, 168, 2),
+]
+
+
+def _timed(log: Log, what: str, fn: Any) -> float | None:
+    try:
+        ms = cuda_time_ms(fn)
+    except Exception as exc:  # noqa: BLE001 - a config that fails to compile or launch is reported, not fatal
+        log(f"  {what}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
+        return None
+    log(f"  {what}: {ms:.3f} ms")
+    return ms
+
+
 def sweep(log: Log, scale: int) -> dict[str, Any]:
     """Time launch configurations; returns the best causal and encoder configs with all timings."""
     t = max(8192 // scale, 64)
     x = make_inputs(16, 16, t, 0, 64)
-    kv0 = torch.zeros(16, 16, D, 64, device=DEVICE)
-    z0 = torch.zeros(16, 16, D, device=DEVICE)
-    rows = []
+    kv0, z0 = zero_state(x)
+    rows: list[dict[str, Any]] = []
     best = None
-    for c, bv, nw in ((64, 64, 4), (64, 64, 8), (32, 64, 4), (32, 64, 8), (64, 32, 4), (64, 32, 8)):
-        ns = 2
-        cfg = chunk.PrefillConfig(chunk=c, block_v=bv, num_warps=nw, num_stages=ns, num_segments=1)
-        try:
-            ms = cuda_time_ms(
-                lambda cfg=cfg: chunk.pla_causal_with(x["q"], x["k"], x["v"], kv0, z0, config=cfg)
-            )
-        except Exception as exc:  # noqa: BLE001 - a config that fails to compile is reported, not fatal
-            log(f"  causal {cfg}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
-            rows.append(
-                {"kernel": "causal", "config": cfg.__dict__, "error": f"{type(exc).__name__}: {exc}"[:500]}
-            )
-            continue
-        log(f"  causal T={t} chunk={c} block_v={bv} warps={nw} stages={ns}: {ms:.3f} ms")
-        rows.append({"kernel": "causal", "T": t, "config": cfg.__dict__, "ms": ms})
-        if best is None or ms < best[0]:
-            best = (ms, cfg)
-    causal_best = best[1] if best else chunk.PrefillConfig()
-
-    # Sequence parallelism at B=1 with the best causal config.
-    xb = make_inputs(1, 16, max(32768 // scale, 256), 0, 64)
-    kb = torch.zeros(1, 16, D, 64, device=DEVICE)
-    zb = torch.zeros(1, 16, D, device=DEVICE)
-    best_seg = None
-    for nseg in (1, 4, 8, 16, 32):
-        cfg = chunk.PrefillConfig(**{**causal_best.__dict__, "num_segments": nseg})
-        ms = cuda_time_ms(
-            lambda cfg=cfg: chunk.pla_causal_with(xb["q"], xb["k"], xb["v"], kb, zb, config=cfg)
+    for c, bv, nw, mr, nseg in CAUSAL_SWEEP:
+        cfg = chunk.PrefillConfig(chunk=c, block_v=bv, num_warps=nw, maxnreg=mr, num_segments=nseg)
+        ms = _timed(
+            log,
+            f"causal B=16 T={t} chunk={c} block_v={bv} warps={nw} maxnreg={mr} segments={nseg}",
+            lambda cfg=cfg: chunk.pla_causal_with(x["q"], x["k"], x["v"], kv0, z0, config=cfg),
         )
-        log(f"  causal B=1 num_segments={nseg}: {ms:.3f} ms")
-        rows.append({"kernel": "causal_b1", "config": cfg.__dict__, "ms": ms})
-        if best_seg is None or ms < best_seg[0]:
-            best_seg = (ms, nseg)
+        rows.append({"kernel": "causal", "B": 16, "T": t, "config": cfg.__dict__, "ms": ms})
+        if ms is not None and (best is None or ms < best[0]):
+            best = (ms, cfg)
+    causal_best = best[1] if best else chunk.CAUSAL_CONFIG
 
-    # Encoder (split-K reduction) configs.
+    # Sequence parallelism at B=1 with the best causal config; None = the library's heuristic.
+    xb = make_inputs(1, 16, max(32768 // scale, 256), 0, 64)
+    kb, zb = zero_state(xb)
+    for nseg in (None, 8, 16, 32):
+        cfg = chunk.PrefillConfig(**{**causal_best.__dict__, "num_segments": nseg})
+        ms = _timed(
+            log,
+            f"causal B=1 T={xb['q'].shape[1]} segments={nseg}",
+            lambda cfg=cfg: chunk.pla_causal_with(xb["q"], xb["k"], xb["v"], kb, zb, config=cfg),
+        )
+        rows.append({"kernel": "causal_b1", "config": cfg.__dict__, "ms": ms})
+
+    # Encoder (split-K reduction) configs; num_segments None = the library's heuristic.
     xe = make_inputs(16, 16, 16, max(16384 // scale, 64), 64)
     best_enc = None
-    for c, nw in itertools.product((64, 128), (4, 8)):
-        cfg = chunk.PrefillConfig(chunk=c, block_v=64, num_warps=nw)
-        try:
-            ms = cuda_time_ms(lambda cfg=cfg: chunk.pla_encode_with(xe["k_enc"], xe["v_enc"], config=cfg))
-        except Exception as exc:  # noqa: BLE001
-            log(f"  encoder {cfg}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
-            continue
-        log(f"  encoder chunk={c} warps={nw}: {ms:.3f} ms")
+    for c, nw, mr in ((64, 4, None), (32, 4, None), (128, 4, None), (64, 8, None), (64, 4, 168)):
+        cfg = chunk.PrefillConfig(chunk=c, block_v=64, num_warps=nw, maxnreg=mr)
+        ms = _timed(
+            log,
+            f"encoder M={xe['k_enc'].shape[1]} chunk={c} warps={nw} maxnreg={mr}",
+            lambda cfg=cfg: chunk.pla_encode_with(xe["k_enc"], xe["v_enc"], config=cfg),
+        )
         rows.append({"kernel": "encoder", "config": cfg.__dict__, "ms": ms})
-        if best_enc is None or ms < best_enc[0]:
+        if ms is not None and (best_enc is None or ms < best_enc[0]):
             best_enc = (ms, cfg)
     return {
         "rows": rows,
         "causal": causal_best.__dict__,
-        "b1_num_segments": best_seg[1] if best_seg else None,
-        "encoder": (best_enc[1] if best_enc else chunk.PrefillConfig()).__dict__,
+        "encoder": (best_enc[1] if best_enc else chunk.ENCODER_CONFIG).__dict__,
     }
 
 
@@ -256,7 +275,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1/8 of the sequence lengths (same as --scale 8)")
     ap.add_argument("--scale", type=int, default=1, help="divide all sequence lengths by this")
     ap.add_argument(
-        "--sweep", action="store_true", help="after the rows, time other launch configurations (recorded)"
+        "--sweep", action="store_true", help="time launch configurations first; the rows use the best"
     )
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--cases", default="all", help="comma-separated case names (default all)")
@@ -272,9 +291,17 @@ def main() -> None:
     log(f"device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
     scale = 8 if args.quick else args.scale
 
-    # The rows use the library's default launch heuristics (what the model gets); --sweep then times other
-    # launch configurations and records them, to tune those defaults.
-    config, enc_config = chunk.PrefillConfig(), chunk.PrefillConfig()
+    # Without --sweep the rows use the library's defaults (what the model gets). With --sweep, launch
+    # configurations are timed first and the rows use the best (each row records its config), which is
+    # how the library defaults were chosen.
+    config, enc_config = chunk.CAUSAL_CONFIG, chunk.ENCODER_CONFIG
+    sweep_info = None
+    if args.sweep:
+        log("sweep:")
+        sweep_info = sweep(log, scale)
+        config = chunk.PrefillConfig(**sweep_info["causal"])
+        enc_config = chunk.PrefillConfig(**sweep_info["encoder"])
+        log(f"rows use causal {config} (B=1: segments by the heuristic), encoder {enc_config}")
     payload: dict[str, Any] = {
         "benchmark": "prefill_kernels",
         "env": env,
@@ -284,8 +311,9 @@ def main() -> None:
         "dtype": args.dtype,
         "rows": [],
         "baselines": [],
-        "sweep": None,
+        "sweep": sweep_info,
     }
+    path = write_json("prefill_kernels", payload, args.out)
 
     baselines: dict[str, dict[str, float]] = {}
     rows = []
@@ -297,7 +325,7 @@ def main() -> None:
         enc_len //= scale
         log(f"{name}: B={batch} H={heads} T={length} M={enc_len} dv={dv}")
         x = make_inputs(batch, heads, length, enc_len, dv)
-        cfg = config
+        cfg = config if batch > 1 else chunk.PrefillConfig(**{**config.__dict__, "num_segments": None})
         ms = cuda_time_ms(lambda x=x, cfg=cfg: pla_prefill(x, cfg, enc_config), reps=args.reps)
         out = pla_prefill(x, cfg, enc_config)
         errors = check(x, out)
@@ -352,10 +380,6 @@ def main() -> None:
         ]
         path = write_json("prefill_kernels", payload, args.out)  # after every case: partial runs keep rows
 
-    if args.sweep:
-        log("sweep:")
-        payload["sweep"] = sweep(log, scale)
-        path = write_json("prefill_kernels", payload, args.out)
     log(f"wrote {path}")
     baseline_rows = payload["baselines"]
     if not args.quiet:

@@ -89,32 +89,48 @@ def _features_b(x, C: tl.constexpr):
 
 # Inside the chunk loops the state is carried transposed, S^T [BV, rows], so that its update
 # V^T phi(K) is a dot with M = BV (a warpgroup MMA for BV = 64) whose big operand phi(K) [C, rows] goes to
-# shared memory untransposed; z^T is carried as row 0 of a [16, rows] matrix so that its update and
-# read-out are tensor-core dots too (no cross-warp reductions per chunk).
+# shared memory untransposed. z^T is carried in rows 0 and 1 of a [16, rows] matrix (both accumulate z) so
+# that its update and its read-out are tensor-core dots too, with no cross-warp reductions per chunk: the
+# read-out splits z into a half-precision high part (row 0) and the remainder (row 1), one dot for both.
 
 
 @triton.jit
-def _zcol(z):
-    return tl.where(tl.arange(0, 16)[:, None] == 0, z[None, :], 0.0)
+def _ones_rows01(C: tl.constexpr, dt: tl.constexpr):
+    """[16, C] matrix with ones in rows 0 and 1: ``_ones_rows01 @ phi(K)`` adds column sums to z^T rows 0, 1."""
+    r = tl.arange(0, 16)[:, None]
+    return tl.where((r < 2) & (tl.arange(0, C)[None, :] >= 0), 1.0, 0.0).to(dt)
 
 
 @triton.jit
-def _zvec(zc):
-    return tl.sum(zc, axis=0)
+def _zrows(z):
+    return tl.where(tl.arange(0, 16)[:, None] < 2, z[None, :], 0.0)
 
 
 @triton.jit
-def _chunk_update(kt, vt, w, e0t, s_a, s_b, z_a, z_b, C: tl.constexpr, PREC: tl.constexpr):
-    """``S^T += V^T phi(K)`` and ``z^T += 1^T phi(K)`` (row 0 of ``e0t``) for one chunk, pieces A and B;
-    ``w`` zeroes rows past the end (they must add nothing, not phi(0) = e_0)."""
+def _zvec(zr):
+    return tl.sum(tl.where(tl.arange(0, 16)[:, None] == 0, zr, 0.0), axis=0)
+
+
+@triton.jit
+def _zsplit(zr, dt: tl.constexpr):
+    """z^T rows for the read-out dot: row 0 the high part in ``dt``, row 1 the remainder (0 in fp32)."""
+    r = tl.arange(0, 16)[:, None]
+    hi = zr.to(dt).to(tl.float32)
+    return tl.where(r == 0, hi, tl.where(r == 1, zr - hi, 0.0)).to(dt)
+
+
+@triton.jit
+def _chunk_update(kt, vt, w, ones01, s_a, s_b, z_a, z_b, C: tl.constexpr, PREC: tl.constexpr):
+    """``S^T += V^T phi(K)`` and ``z^T += 1^T phi(K)`` for one chunk, pieces A and B; ``w`` zeroes rows past
+    the end (they must add nothing, not phi(0) = e_0)."""
     dt = vt.dtype
     f_a = _features_a(kt, C) * w.to(dt)
     f_b = (_features_b(kt.to(tl.float32), C) * w).to(dt)
     vtt = tl.trans(vt)
     s_a = _dot(vtt, f_a, s_a, PREC)
     s_b = _dot(vtt, f_b, s_b, PREC)
-    z_a = _dot(e0t, f_a, z_a, PREC)
-    z_b = _dot(e0t, f_b, z_b, PREC)
+    z_a = _dot(ones01, f_a, z_a, PREC)
+    z_b = _dot(ones01, f_b, z_b, PREC)
     return s_a, s_b, z_a, z_b
 
 
@@ -126,14 +142,8 @@ def _chunk_readout(qt, acc, den, s_a, s_b, z_a, z_b, C: tl.constexpr, PREC: tl.c
     g_b = _features_b(qt.to(tl.float32), C).to(dt)
     acc = _dot(g_a, tl.trans(s_a.to(dt)), acc, PREC)
     acc = _dot(g_b, tl.trans(s_b.to(dt)), acc, PREC)
-    # The normalizer: z (a token count in its constant row) split into a half-precision high part and the
-    # remainder, so the tensor-core read-out keeps ~16 significant bits of it.
-    za_hi = z_a.to(dt)
-    zb_hi = z_b.to(dt)
-    dacc = _dot(g_a, tl.trans(za_hi), tl.zeros([C, 16], tl.float32), PREC)
-    dacc = _dot(g_a, tl.trans((z_a - za_hi.to(tl.float32)).to(dt)), dacc, PREC)
-    dacc = _dot(g_b, tl.trans(zb_hi), dacc, PREC)
-    dacc = _dot(g_b, tl.trans((z_b - zb_hi.to(tl.float32)).to(dt)), dacc, PREC)
+    dacc = _dot(g_a, tl.trans(_zsplit(z_a, dt)), tl.zeros([C, 16], tl.float32), PREC)
+    dacc = _dot(g_b, tl.trans(_zsplit(z_b, dt)), dacc, PREC)
     return acc, den + tl.sum(dacc, axis=1)
 
 
@@ -184,7 +194,7 @@ def _pla_segment_state_kernel(
     m_base = key_mask + b.to(tl.int64) * L
     dt = v.dtype.element_ty
     ci = tl.arange(0, C)
-    e0 = tl.where((tl.arange(0, 16)[:, None] == 0) & (ci[None, :] >= 0), 1.0, 0.0).to(dt)
+    ones01 = _ones_rows01(C, dt)
 
     s_a = tl.zeros([BV, 128], tl.float32)
     s_b = tl.zeros([BV, 32], tl.float32)
@@ -199,7 +209,7 @@ def _pla_segment_state_kernel(
         vt = tl.load(v_base + (offs_t * H * DV)[:, None] + cols[None, :], mask=vmask, other=0.0)
         kt = _load_keys(k_base, m_base, offs_t, valid, H, HAS_MASK).to(dt)
         w = valid.to(tl.float32)[:, None]
-        s_a, s_b, z_a, z_b = _chunk_update(kt, vt, w, e0, s_a, s_b, z_a, z_b, C, PREC)
+        s_a, s_b, z_a, z_b = _chunk_update(kt, vt, w, ones01, s_a, s_b, z_a, z_b, C, PREC)
 
     seg = pid_bh.to(tl.int64) * nseg + pid_s
     _store_state_ko(
@@ -312,12 +322,12 @@ def _pla_chunk_fwd_kernel(
         )
     s_a = tl.trans(s_a)
     s_b = tl.trans(s_b)
-    z_a = _zcol(z_a)
-    z_b = _zcol(z_b)
+    z_a = _zrows(z_a)
+    z_b = _zrows(z_b)
 
     f = tl.arange(0, 16)
     ci = tl.arange(0, C)
-    e0 = tl.where((f[:, None] == 0) & (ci[None, :] >= 0), 1.0, 0.0).to(dt)
+    ones01 = _ones_rows01(C, dt)
     t_start = pid_s * SEG_LEN
     t_end = tl.minimum(t_start + SEG_LEN, L)
     for t in range(t_start, t_end, C):
@@ -338,7 +348,8 @@ def _pla_chunk_fwd_kernel(
         acc, den = _chunk_readout(qt, acc, den, s_a, s_b, z_a, z_b, C, PREC)
         out = acc / (den[:, None] + 1e-12)
         tl.store(o_base + (offs_t * H * DV)[:, None] + cols[None, :], out.to(o.dtype.element_ty), mask=vmask)
-        s_a, s_b, z_a, z_b = _chunk_update(kt, vt, valid.to(tl.float32)[:, None], e0, s_a, s_b, z_a, z_b, C, PREC)
+        w = valid.to(tl.float32)[:, None]
+        s_a, s_b, z_a, z_b = _chunk_update(kt, vt, w, ones01, s_a, s_b, z_a, z_b, C, PREC)
 
     if not SPLIT:
         _store_state_sym(
@@ -357,15 +368,30 @@ class PrefillConfig:
     """Launch parameters of the prefill kernels.
 
     chunk: tokens per chunk C (intra-chunk tile is C x C). block_v: value columns per program (power of
-    two, >= 16). num_segments: sequence segments per (b, h); 1 = no sequence parallelism, None = pick by
-    occupancy. num_warps / num_stages: Triton's (num_warps 8 has crashed on sm90 in older Tritons).
+    two, >= 16; None = min(64, dv rounded up)). num_segments: sequence segments per (b, h); 1 = no sequence
+    parallelism, None = pick by occupancy. num_warps / num_stages: Triton's. maxnreg: register cap per
+    thread (None = the compiler's choice), which trades spills for more resident programs per SM.
+    Defaults: the best measured on an H200 (benchmarks/results/prefill_kernels-h200.json, "sweep").
     """
 
-    chunk: int = 64
+    chunk: int = 32
     block_v: int | None = None
     num_segments: int | None = None
     num_warps: int = 4
     num_stages: int = 2
+    maxnreg: int | None = None
+
+    def launch(self) -> dict[str, int]:
+        """Keyword arguments for the Triton launch."""
+        kw = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.maxnreg is not None:
+            kw["maxnreg"] = self.maxnreg
+        return kw
+
+
+# Defaults, from the launch sweeps of benchmarks/prefill_kernels.py on an H200.
+CAUSAL_CONFIG = PrefillConfig()
+ENCODER_CONFIG = PrefillConfig(chunk=64)
 
 
 def _block_v(dv: int, block_v: int | None) -> int:
@@ -428,7 +454,7 @@ def segment_states(
     _pla_segment_state_kernel[grid](
         k, v, _mask_arg(key_mask, (batch, length), k), length, heads, seg_len, st_kv, st_z,
         DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, PREC=_dot_precision(v),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        **config.launch(),
     )  # fmt: skip
     return st_kv, st_z, seg_len
 
@@ -442,7 +468,7 @@ def pla_encode(
     k_enc: torch.Tensor, v_enc: torch.Tensor, key_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal encoder state over M prefix tokens (see ``naive.pla_encode``): kv [B,H,153,dv], z fp32."""
-    return pla_encode_with(k_enc, v_enc, key_mask, config=PrefillConfig())
+    return pla_encode_with(k_enc, v_enc, key_mask, config=ENCODER_CONFIG)
 
 
 def pla_encode_with(
@@ -486,7 +512,7 @@ def pla_causal(
     key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Causal linear attention from the state ``(kv0, z0)`` (see ``naive.pla_causal``) -> o, kv, z."""
-    return pla_causal_with(q, k, v, kv0, z0, key_mask, config=PrefillConfig())
+    return pla_causal_with(q, k, v, kv0, z0, key_mask, config=CAUSAL_CONFIG)
 
 
 def pla_causal_with(
@@ -527,7 +553,7 @@ def pla_causal_with(
     if nseg is None:
         nseg = _num_segments(nv * batch * heads, length, config.chunk, v.device, min_chunks=4)
     prec = _dot_precision(v)
-    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    launch = config.launch()
     if nseg <= 1:
         _pla_chunk_fwd_kernel[(nv, 1, batch * heads)](
             q, k, v, kv0, z0, kv0, z0, mask, length, heads, length, o, kv, z,
@@ -550,4 +576,4 @@ def pla_causal_with(
     return o, kv, z
 
 
-__all__ = ["PrefillConfig", "naive", "pla_causal", "pla_causal_with", "pla_encode", "pla_encode_with"]
+__all__ = ["CAUSAL_CONFIG", "ENCODER_CONFIG", "PrefillConfig", "naive", "pla_causal", "pla_causal_with", "pla_encode", "pla_encode_with"]

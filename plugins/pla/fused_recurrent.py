@@ -88,8 +88,10 @@ def _pla_decode_kernel(
 
 
 def _block_v(dv: int, programs_per_tile: int, device: torch.device) -> int:
-    """Value columns per program: 32 (128-byte rows) unless that leaves the GPU under-filled."""
-    bv = 32
+    """Value columns per program: 64 (256-byte rows), halved down to 16 while that leaves the GPU with fewer
+    than ~4 programs per SM (a small batch). On an H200 at B=64 the block size and warps changed the time
+    by under 10% (benchmarks/results/decode_kernels-h200.json, "sweep")."""
+    bv = 64
     while bv > 16 and triton.cdiv(dv, bv) * programs_per_tile < 4 * num_sms(device):
         bv //= 2
     return bv
@@ -111,7 +113,7 @@ def pla_decode_with(
     z: torch.Tensor,
     *,
     block_v: int | None = None,
-    num_warps: int = 4,
+    num_warps: int = 2,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``pla_decode`` with explicit launch parameters and optional output buffers ``out=(kv_new, z_new)``.
