@@ -3,7 +3,8 @@
 #   1. installs carried wheels from .whl/ if any (fla-core 0.6.0, the optional fla baseline),
 #   2. makes jrtc.plugins importable from this checkout,
 #   3. runs tests/test_pla_kernels.py on CUDA at the larger shapes (JRTC_PLA_TEST_DEVICE=cuda),
-#   4. runs benchmarks/decode_kernels.py and benchmarks/prefill_kernels.py (with launch-config sweeps),
+#   4. runs benchmarks/decode_kernels.py and benchmarks/prefill_kernels.py (with launch-config sweeps first
+#      unless SWEEP=0, in which case the rows use the library defaults),
 # writing logs and JSON under $OUT (default benchmarks/results). Steps keep going after a failure; the exit
 # status is nonzero if any step failed.
 #
@@ -48,11 +49,13 @@ xdist=""; python3 -c "import xdist" 2>/dev/null && xdist="-n 8"
 JRTC_PLA_TEST_DEVICE=cuda timeout "${TEST_TIMEOUT:-100}" python3 -m pytest -q -p no:cacheprovider $xdist \
   tests/test_pla_kernels.py 2>&1 | tee -a "$LOG" || status=1
 
+sweep="--sweep"; [ "${SWEEP:-1}" = 0 ] && sweep=""
+
 step "decode benchmark"
-timeout "${DECODE_TIMEOUT:-45}" python3 benchmarks/decode_kernels.py --sweep --out "$OUT" 2>&1 | tee -a "$LOG" || status=1
+timeout "${DECODE_TIMEOUT:-45}" python3 benchmarks/decode_kernels.py $sweep --out "$OUT" 2>&1 | tee -a "$LOG" || status=1
 
 step "prefill benchmark"
-timeout "${PREFILL_TIMEOUT:-150}" python3 benchmarks/prefill_kernels.py --sweep --out "$OUT" 2>&1 \
+timeout "${PREFILL_TIMEOUT:-150}" python3 benchmarks/prefill_kernels.py $sweep --out "$OUT" 2>&1 \
   | tee -a "$LOG" || status=1
 
 step "done (status $status)"
