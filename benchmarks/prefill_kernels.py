@@ -145,18 +145,19 @@ def check(x: dict[str, Any], out: tuple[torch.Tensor, ...]) -> dict[str, float]:
     }
 
 
-# (chunk, block_v, num_warps, maxnreg, num_segments) tried at B=16, H=16, dv=64
+# (chunk, block_v, num_warps, num_stages, maxnreg, num_segments) tried at B=16, H=16, dv=64
 CAUSAL_SWEEP = [
-    (32, 64, 4, None, 1),
-    (64, 64, 4, None, 1),
-    (16, 64, 4, None, 1),
-    (16, 64, 8, None, 1),
-    (32, 64, 8, None, 1),
-    (32, 64, 4, 168, 1),
-    (32, 64, 4, 168, 2),
-    (32, 64, 4, 128, 2),
-    (16, 64, 4, 128, 2),
-    (64, 64, 4, 168, 2),
+    (16, 64, 4, 2, None, 1),
+    (32, 64, 4, 2, None, 1),
+    (64, 64, 4, 2, None, 1),
+    (16, 64, 4, 1, None, 1),
+    (16, 64, 4, 3, None, 1),
+    (16, 64, 2, 2, None, 1),
+    (16, 32, 4, 2, None, 1),
+    (16, 32, 2, 2, None, 1),
+    (16, 64, 8, 2, None, 1),
+    (16, 64, 4, 2, 168, 1),
+    (16, 64, 4, 2, None, 2),
 ]
 
 
@@ -177,11 +178,13 @@ def sweep(log: Log, scale: int) -> dict[str, Any]:
     kv0, z0 = zero_state(x)
     rows: list[dict[str, Any]] = []
     best = None
-    for c, bv, nw, mr, nseg in CAUSAL_SWEEP:
-        cfg = chunk.PrefillConfig(chunk=c, block_v=bv, num_warps=nw, maxnreg=mr, num_segments=nseg)
+    for c, bv, nw, ns, mr, nseg in CAUSAL_SWEEP:
+        cfg = chunk.PrefillConfig(
+            chunk=c, block_v=bv, num_warps=nw, num_stages=ns, maxnreg=mr, num_segments=nseg
+        )
         ms = _timed(
             log,
-            f"causal B=16 T={t} chunk={c} block_v={bv} warps={nw} maxnreg={mr} segments={nseg}",
+            f"causal B=16 T={t} chunk={c} block_v={bv} warps={nw} stages={ns} maxnreg={mr} segments={nseg}",
             lambda cfg=cfg: chunk.pla_causal_with(x["q"], x["k"], x["v"], kv0, z0, config=cfg),
         )
         rows.append({"kernel": "causal", "B": 16, "T": t, "config": cfg.__dict__, "ms": ms})
@@ -192,7 +195,7 @@ def sweep(log: Log, scale: int) -> dict[str, Any]:
     # Sequence parallelism at B=1 with the best causal config; None = the library's heuristic.
     xb = make_inputs(1, 16, max(32768 // scale, 256), 0, 64)
     kb, zb = zero_state(xb)
-    for nseg in (None, 8, 16, 32):
+    for nseg in (None, 12, 16, 24, 32):
         cfg = chunk.PrefillConfig(**{**causal_best.__dict__, "num_segments": nseg})
         ms = _timed(
             log,
@@ -204,7 +207,7 @@ def sweep(log: Log, scale: int) -> dict[str, Any]:
     # Encoder (split-K reduction) configs; num_segments None = the library's heuristic.
     xe = make_inputs(16, 16, 16, max(16384 // scale, 64), 64)
     best_enc = None
-    for c, nw, mr in ((64, 4, None), (32, 4, None), (128, 4, None), (64, 8, None), (64, 4, 168)):
+    for c, nw, mr in ((64, 4, 168), (64, 4, None), (32, 4, 168), (16, 4, None), (64, 2, None)):
         cfg = chunk.PrefillConfig(chunk=c, block_v=64, num_warps=nw, maxnreg=mr)
         ms = _timed(
             log,
