@@ -15,6 +15,7 @@ Writes benchmarks/results/decode_kernels-<gpu>.json (or DIR/...).
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import sys
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from jrtc.plugins.pla import fused_recurrent, naive  # noqa: E402
 
 D = naive.EXPANDED_DIM
 HEADS = 16
+DEFAULT_WARPS = inspect.signature(fused_recurrent.pla_decode_with).parameters["num_warps"].default
 STEPS = 20  # steps per captured graph
 
 
@@ -79,15 +81,13 @@ def graph_time_ms(step: Callable[[int], object], reps: int) -> float:
     return cuda_time_ms(graph.replay, warmup=3, reps=reps) / STEPS
 
 
-def kernel_step(x: dict[str, torch.Tensor], block_v: int | None, num_warps: int) -> Callable[[int], object]:
+def kernel_step(x: dict[str, torch.Tensor], **launch: Any) -> Callable[[int], object]:
     # Ping-pong between two state buffers so every step reads and writes the full state (no allocation).
     bufs = [(x["kv"], x["z"]), (x["kv"].clone(), x["z"].clone())]
 
     def step(i: int) -> object:
         (kv, z), out = bufs[i % 2], bufs[(i + 1) % 2]
-        return fused_recurrent.pla_decode_with(
-            x["q"], x["k"], x["v"], kv, z, block_v=block_v, num_warps=num_warps, out=out
-        )
+        return fused_recurrent.pla_decode_with(x["q"], x["k"], x["v"], kv, z, out=out, **launch)
 
     return step
 
@@ -108,7 +108,7 @@ def sweep(log: Log, reps: int) -> dict[str, Any]:
     for dv in (64, 112):
         x = inputs(64, dv)
         for bv, nw in itertools.product((16, 32, 64), (2, 4, 8)):
-            ms = graph_time_ms(kernel_step(x, bv, nw), reps)
+            ms = graph_time_ms(kernel_step(x, block_v=bv, num_warps=nw), reps)
             log(f"  B=64 dv={dv} block_v={bv} warps={nw}: {ms * 1e3:.2f} us")
             rows.append({"dv": dv, "block_v": bv, "num_warps": nw, "us": ms * 1e3})
             if dv not in best or ms < best[dv][0]:
@@ -133,10 +133,8 @@ def main() -> None:
     log(f"device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
 
     sweep_info = None
-    launch: dict[int, dict[str, Any]] = {
-        64: {"block_v": None, "num_warps": 4},
-        112: {"block_v": None, "num_warps": 4},
-    }
+    # Without --sweep: the library's defaults (block_v by its heuristic, its default num_warps).
+    launch: dict[int, dict[str, Any]] = {dv: {} for dv in (64, 112)}
     if args.sweep:
         log("sweep:")
         sweep_info = sweep(log, args.reps)
@@ -148,7 +146,7 @@ def main() -> None:
         x = inputs(batch, dv)
         cfg = launch[dv]
         if batch < 16:  # a small batch needs small tiles to spread over the SMs: let the heuristic choose
-            cfg = {"block_v": None, "num_warps": cfg["num_warps"]}
+            cfg = {k: v for k, v in cfg.items() if k != "block_v"}
         o, kv, z = fused_recurrent.pla_decode_with(x["q"], x["k"], x["v"], x["kv"], x["z"], **cfg)
         ro, rkv, rz = naive.pla_decode(x["q"].float(), x["k"].float(), x["v"].float(), x["kv"], x["z"])
         nbytes = state_bytes(batch, dv)
@@ -158,11 +156,15 @@ def main() -> None:
         k_eager = cuda_time_ms(lambda s=k_step: s(0), reps=args.reps) * 1e3
         n_graph = graph_time_ms(n_step, args.reps) * 1e3
         n_eager = cuda_time_ms(lambda s=n_step: s(0), reps=args.reps) * 1e3
+        effective = {
+            "block_v": cfg.get("block_v") or fused_recurrent._block_v(dv, batch * HEADS, x["v"].device),
+            "num_warps": cfg.get("num_warps", DEFAULT_WARPS),
+        }
         row = {
             "B": batch,
             "H": HEADS,
             "dv": dv,
-            "launch": cfg,
+            "launch": effective,
             "state_bytes_rw": nbytes,
             "hbm_bound_us": bound_us,
             "kernel_graph_us": k_graph,

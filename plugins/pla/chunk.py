@@ -400,6 +400,9 @@ class PrefillConfig:
 # Defaults: the best of the launch sweeps of benchmarks/prefill_kernels.py on an H200
 # (benchmarks/results/prefill_kernels-sweep-h200.json). Causal at B=16 H=16 T=8192: chunk 16 1.82 ms,
 # 64 1.99 ms, 32 2.05 ms; 8 warps or a register cap (more resident programs, more spills) were slower.
+# A later sweep (prefill_kernels-sweep2-h200.json) measured 3 pipeline stages at 1.60 ms against 1.83 ms
+# for 2, and the encoder without the register cap within noise of it: candidates for the next GPU check,
+# not yet defaults (the committed results were measured with these).
 CAUSAL_CONFIG = PrefillConfig(chunk=16)
 ENCODER_CONFIG = PrefillConfig(chunk=64, maxnreg=168)
 
