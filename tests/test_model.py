@@ -44,7 +44,9 @@ def ref_conv(x: torch.Tensor, sd: dict, p: str) -> torch.Tensor:
     return (torch.nn.functional.silu(c) * u2) @ sd[p + "out_proj.weight"].T + sd[p + "out_proj.bias"]
 
 
-def ref_linear_attention(x: torch.Tensor, sd: dict, p: str, heads: int, mask, enc: int | None) -> torch.Tensor:
+def ref_linear_attention(
+    x: torch.Tensor, sd: dict, p: str, heads: int, mask, enc: int | None
+) -> torch.Tensor:
     b, n, d = x.shape
 
     def proj(name: str, width: int, rows: torch.Tensor) -> torch.Tensor:
@@ -97,9 +99,13 @@ def reference_logits(hf: dict, sd: dict, ids: torch.Tensor, mask: torch.Tensor |
         p = f"transformer.layers.{i}."
         h = rms(x, sd[p + "norm1.weight"])
         if i in hf["alt_mixer_layers"]:
-            h = ref_linear_attention(h, sd, p + "mixer.", heads, m, hf["alt_mixer"]["enc_length"] if is_pla else None)
+            h = ref_linear_attention(
+                h, sd, p + "mixer.", heads, m, hf["alt_mixer"]["enc_length"] if is_pla else None
+            )
         elif i in hf["alt_mixer_2_layers"]:
-            h = ref_sliding(h, sd, p + "mixer.", hf["alt_mixer_2"]["num_heads"], hf["alt_mixer_2"]["window_size"])
+            h = ref_sliding(
+                h, sd, p + "mixer.", hf["alt_mixer_2"]["num_heads"], hf["alt_mixer_2"]["window_size"]
+            )
         else:
             h = ref_conv(h, sd, p + "mixer.")
         x = x + h
@@ -166,7 +172,9 @@ def test_chunked_prefill_matches_parallel(tmp_path):
     ids = torch.randint(0, 256, (1, 3 * ENC), generator=torch.Generator().manual_seed(2))
     full = model(ids)
     state = model.init_state(1)
-    chunks = [model.prefill(ids[:, a:b], state) for a, b in [(0, ENC + 3), (ENC + 3, 2 * ENC), (2 * ENC, 3 * ENC)]]
+    chunks = [
+        model.prefill(ids[:, a:b], state) for a, b in [(0, ENC + 3), (ENC + 3, 2 * ENC), (2 * ENC, 3 * ENC)]
+    ]
     torch.testing.assert_close(torch.cat(chunks, 1), full, rtol=1e-4, atol=1e-4)
 
 
@@ -193,3 +201,24 @@ def test_bfloat16_load_runs_close_to_fp32(tmp_path):
     state = bf16.init_state(1)
     assert state["layers.1.kv"].dtype == torch.float32 and state["layers.2.k"].dtype == torch.bfloat16
     assert (bf16(ids) - fp32).abs().max() < 0.1 * fp32.abs().max()
+
+
+def test_triton_kernels_match_pytorch_path(tmp_path):
+    """``use_kernels=True`` runs PLA through the Triton kernels (the interpreter on the CPU, see conftest.py)."""
+    hf = hf_config(MIXES["jrt"], enc_length=ENC, window_size=WINDOW)
+    path = write_hf_checkpoint(tmp_path / "ck", hf, random_state_dict(hf, seed=9))
+    reference, kernels = jrtc.load_checkpoint(path), jrtc.load_checkpoint(path, use_kernels=True)
+    assert kernels.transformer.layers[1].mixer.ops.__name__ == "jrtc.plugins.pla.ops"
+    ids = torch.randint(0, 256, (2, ENC + 7), generator=torch.Generator().manual_seed(8))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, :4] = False
+    torch.testing.assert_close(kernels(ids, mask), reference(ids, mask), rtol=1e-4, atol=1e-4)
+    states = kernels.init_state(2), reference.init_state(2)
+    for model, state in zip((kernels, reference), states, strict=True):
+        model.prefill(ids[:, :ENC], state, mask[:, :ENC])
+    for t in range(ENC, ENC + 7):
+        torch.testing.assert_close(
+            kernels.step(ids[:, t], states[0]), reference.step(ids[:, t], states[1]), rtol=1e-4, atol=1e-4
+        )
+    for name in states[1]:
+        torch.testing.assert_close(states[0][name], states[1][name], rtol=1e-4, atol=1e-4)

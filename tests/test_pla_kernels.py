@@ -8,38 +8,18 @@ the same tests run on the GPU at larger shapes in bf16, the dtype the models run
 
 from __future__ import annotations
 
-import importlib
 import os
 
-DEVICE = os.environ.get("JRTC_PLA_TEST_DEVICE", "cpu")
-if DEVICE == "cpu":
-    # Read when the kernels are defined (@triton.jit), so before the kernel modules are imported.
-    os.environ["TRITON_INTERPRET"] = "1"
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+from jrtc.plugins.pla import chunk, fused_recurrent, naive, ops
 
-from jrtc.plugins.pla import naive  # noqa: E402
-
+DEVICE = os.environ.get("JRTC_PLA_TEST_DEVICE", "cpu")  # conftest.py turns the interpreter on for "cpu"
 BIG = DEVICE == "cuda"
 if BIG and not torch.cuda.is_available():
     pytest.skip("JRTC_PLA_TEST_DEVICE=cuda but no CUDA device", allow_module_level=True)
 
-
-def _kernels():
-    """The kernel modules, defined in interpreter mode on the CPU even if something imported them before."""
-    from jrtc.plugins.pla import _common, chunk, fused_recurrent, ops
-
-    if DEVICE == "cpu":
-        from triton.runtime.interpreter import InterpretedFunction
-
-        if not isinstance(chunk._pla_chunk_fwd_kernel, InterpretedFunction):
-            for module in (_common, chunk, fused_recurrent):
-                importlib.reload(module)
-    return chunk, fused_recurrent, ops
-
-
-chunk, fused_recurrent, ops = _kernels()
 PrefillConfig = chunk.PrefillConfig
 
 
