@@ -19,7 +19,7 @@ demo: setup
 	rm -rf $(ENGINE)
 	$(VENV)/bin/jrtc info jrtc/example/recall.pt
 	$(VENV)/bin/jrtc export jrtc/example/recall.pt --target cpu --tokenizer bytes -o $(ENGINE)
-	$(VENV)/bin/jrtc run $(ENGINE) --prompt jrtc/example/context.txt --question "km:" --max-new-tokens 3
+	$(VENV)/bin/jrtc run $(ENGINE) --prompt jrtc/example/context.txt --question "k:" --max-new-tokens 2 --show-prompt
 
 lint: setup
 	$(VENV)/bin/ruff check .
