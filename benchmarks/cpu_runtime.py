@@ -1,7 +1,7 @@
-"""Prefill and decode throughput of the cpu engine (ONNX Runtime through ``jrtc.runtime``) against the PyTorch
-model in eager mode, same weights, same process, at B=1 and B=8.
+"""Prefill and decode throughput of the cpu engine (its model.onnx on ONNX Runtime) against the PyTorch model
+in eager mode, same weights, same process, same number of threads, at B=1 and B=8.
 
-    python benchmarks/cpu_runtime.py [--models example,360m] [--quiet]
+    python benchmarks/cpu_runtime.py [--models example,360m] [--threads N] [--quiet]
 
 Models: the built-in example (``jrtc/example/recall.pt``) and a random checkpoint shaped like JRT-360M
 (d_model 1024, 26 layers, PLA at 1,6,11,16,21, SWA at 2,7,12,17,22, GPT-2 vocabulary). Each is exported
@@ -96,9 +96,22 @@ Step = Callable[[np.ndarray, int, Any], tuple[np.ndarray, Any]]
 
 
 def onnx_step(engine: Engine) -> tuple[Step, Callable[[int], Any]]:
+    """The engine's graph as ``jrtc.runtime`` runs it (CPU provider, all graph optimizations), but with
+    ONNX Runtime's intra-op threads pinned to PyTorch's count: the runtime's backend has no thread knob,
+    and on a shared machine an unequal count decides the comparison more than either implementation."""
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(
+        str(engine.directory / engine.manifest.engine), options, providers=["CPUExecutionProvider"]
+    )
+    inputs = [i.name for i in session.get_inputs()]
+
     def step(ids: np.ndarray, start: int, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         batch = ids.shape[0]
-        return engine.backend.run(ids, np.full(batch, start, np.int64), np.zeros(batch, np.int64), state)
+        feed = [ids, np.full(batch, start, np.int64), np.zeros(batch, np.int64), *state]
+        logits, *next_state = session.run(None, dict(zip(inputs, feed, strict=True)))
+        return logits, next_state
 
     def fresh(batch: int) -> list[np.ndarray]:
         return [np.zeros((batch, *s.shape), s.dtype) for s in engine.manifest.state]
@@ -181,7 +194,7 @@ def run(names: list[str], repeats: int, log: Callable[[str], None]) -> dict[str,
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(),  # of each runtime
             "load_avg_1m_at_end": os.getloadavg()[0],  # other work on the machine skews both columns
         },
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
@@ -194,7 +207,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--repeats", type=int, default=3, help="timed prefills (decode runs: half as many)")
     parser.add_argument(
-        "--torch-threads", type=int, help="PyTorch's intra-op threads [default: torch's own choice]"
+        "--threads", type=int, help="intra-op threads of both runtimes [default: PyTorch's choice, all cores]"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -208,8 +221,8 @@ def main() -> None:
         if not args.quiet:
             print(f"cpu_runtime: {message}", file=sys.stderr, flush=True)
 
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = run(names, args.repeats, log)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
