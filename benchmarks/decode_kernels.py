@@ -93,9 +93,8 @@ def kernel_step(x: dict[str, torch.Tensor], **launch: Any) -> Callable[[int], ob
 
 
 def naive_step(x: dict[str, torch.Tensor]) -> Callable[[int], object]:
-    # naive moves its constant feature indices to the input's device on every call; keep them there so
-    # the step can be captured in a CUDA graph (no host-to-device copy inside the capture).
-    naive._ROWS, naive._COLS, naive._SCALE = (t.to(DEVICE) for t in (naive._ROWS, naive._COLS, naive._SCALE))
+    # naive copies its feature tables to a device on first use; do it now, outside the CUDA-graph capture.
+    naive.taylor_features(torch.zeros(1, 16, device=DEVICE))
 
     def step(i: int) -> object:
         return naive.pla_decode(x["q"], x["k"], x["v"], x["kv"], x["z"])

@@ -28,8 +28,7 @@ from jrtc.model import JRTModel
 from jrtc.plugins.pla.naive import FEATURE_LAYOUT
 
 # The reader's own constants and checksum, so that writer and reader agree by construction.
-from jrtc.runtime.engine import FORMAT_VERSION, MANIFEST
-from jrtc.runtime.engine import _sha256 as checksum
+from jrtc.runtime.engine import FORMAT_VERSION, MANIFEST, file_checksum
 from jrtc.tokenizer import byte_level_tokenizer_json, check_tokenizer_fits, load_tokenizer
 
 ENGINE = "model.onnx"
@@ -175,7 +174,7 @@ def export_engine(
         progress("checksums and manifest")
         names = [p.name for p in written] + [TOKENIZER]
         manifest = build_manifest(
-            model, max_batch, max_prompt_len, {name: checksum(staging / name) for name in names}
+            model, max_batch, max_prompt_len, {name: file_checksum(staging / name) for name in names}
         )
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         files = {name: (staging / name).stat().st_size for name in [*names, MANIFEST]}

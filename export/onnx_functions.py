@@ -29,9 +29,9 @@ def _const(array: np.ndarray, name: str) -> onnx.TensorProto:
 
 
 # The symmetric second-order Taylor map of naive.taylor_features: the same pairs, the same weights.
-_PAIR_ROWS = _const(naive._ROWS.numpy().astype(np.int64), "pair_rows")
-_PAIR_COLS = _const(naive._COLS.numpy().astype(np.int64), "pair_cols")
-_PAIR_SCALE = _const(naive._SCALE.numpy().astype(np.float32), "pair_scale")
+_PAIR_ROWS = _const(naive.PAIR_ROWS.numpy().astype(np.int64), "pair_rows")
+_PAIR_COLS = _const(naive.PAIR_COLS.numpy().astype(np.int64), "pair_cols")
+_PAIR_SCALE = _const(naive.PAIR_SCALE.numpy().astype(np.float32), "pair_scale")
 _LINEAR_DIVISOR = _const(np.array(naive.FEATURE_DIM**0.25, dtype=np.float32), "linear_divisor")
 _EPS = _const(np.array(naive.EPS, dtype=np.float32), "eps")
 

@@ -92,7 +92,7 @@ class Manifest:
             raise JrtcError(f"{path} has an invalid field: {exc}") from None
 
 
-def _sha256(path: Path) -> str:
+def file_checksum(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
@@ -127,7 +127,7 @@ class Engine:
                 raise JrtcError(f"engine directory {directory} is missing {name}")
         if verify:
             for name, expected in manifest.checksums.items():
-                if _sha256(directory / name) != expected:
+                if file_checksum(directory / name) != expected:
                     raise JrtcError(
                         f"{directory / name} is corrupted: its checksum does not match {MANIFEST}"
                     )

@@ -39,7 +39,13 @@ def hf_config(
         "max_position_embeddings": 0,
         "alt_mixer_layers": [i for i, t in enumerate(layer_types) if t in ("pla", "la")],
         "alt_mixer_2_layers": [i for i, t in enumerate(layer_types) if t == "swa"],
-        "mixer": {"_target_": TARGETS["conv"], "l_max": 2048, "use_bias": True, "expand_proj": 4, "kernel_sizes": [3]},
+        "mixer": {
+            "_target_": TARGETS["conv"],
+            "l_max": 2048,
+            "use_bias": True,
+            "expand_proj": 4,
+            "kernel_sizes": [3],
+        },
         "alt_mixer": {
             "_target_": TARGETS[alt],
             "feature_dim": 16,
@@ -50,7 +56,12 @@ def hf_config(
             "dec_length": enc_length,
             "use_mask": True,
         },
-        "alt_mixer_2": {"_target_": TARGETS["swa"], "window_size": window_size, "num_heads": heads, "causal": True},
+        "alt_mixer_2": {
+            "_target_": TARGETS["swa"],
+            "window_size": window_size,
+            "num_heads": heads,
+            "causal": True,
+        },
         "enc_length": enc_length,
     }
 
@@ -85,13 +96,21 @@ def random_state_dict(hf: dict[str, Any], seed: int = 0) -> dict[str, torch.Tens
         elif i in hf["alt_mixer_2_layers"]:
             sd[p + "mixer.Wqkv.weight"], sd[p + "mixer.out_proj.weight"] = lin(3 * d, d), lin(d, d)
         else:
-            sd[p + "mixer.in_proj.weight"], sd[p + "mixer.in_proj.bias"] = lin(4 * d, d), 0.1 * torch.randn(4 * d, generator=g)
+            sd[p + "mixer.in_proj.weight"], sd[p + "mixer.in_proj.bias"] = (
+                lin(4 * d, d),
+                0.1 * torch.randn(4 * d, generator=g),
+            )
             sd[p + "mixer.conv.conv.weight"] = torch.randn(2 * d, 1, 3, generator=g) / 3**0.5
-            sd[p + "mixer.out_proj.weight"], sd[p + "mixer.out_proj.bias"] = lin(d, 2 * d), 0.1 * torch.randn(d, generator=g)
+            sd[p + "mixer.out_proj.weight"], sd[p + "mixer.out_proj.bias"] = (
+                lin(d, 2 * d),
+                0.1 * torch.randn(d, generator=g),
+            )
     return sd
 
 
-def as_saved(sd: dict[str, torch.Tensor], prefix: bool = True, metrics: bool = True, legacy: bool = True) -> dict[str, torch.Tensor]:
+def as_saved(
+    sd: dict[str, torch.Tensor], prefix: bool = True, metrics: bool = True, legacy: bool = True
+) -> dict[str, torch.Tensor]:
     """What the training pipeline wrote: ``model.`` prefix, metric counters, legacy ``conv1`` names, tied head."""
     out = {}
     for k, v in sd.items():

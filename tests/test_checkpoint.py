@@ -65,12 +65,22 @@ def test_legacy_mixer_targets(tmp_path):
 
 @pytest.mark.parametrize(
     "name,d,layers,pla,swa,params",
-    [("JRT-360M-30B", 1024, 26, [1, 6, 11, 16, 21], [2, 7, 12, 17, 22], 356.6e6),
-     ("JRT-1B-50B", 1792, 36, [1, 6, 11, 16, 21, 27, 33], [2, 7, 12, 17, 22, 28, 34], 1375e6)],
+    [
+        ("JRT-360M-30B", 1024, 26, [1, 6, 11, 16, 21], [2, 7, 12, 17, 22], 356.6e6),
+        ("JRT-1B-50B", 1792, 36, [1, 6, 11, 16, 21, 27, 33], [2, 7, 12, 17, 22, 28, 34], 1375e6),
+    ],
 )
 def test_published_configs(name, d, layers, pla, swa, params):
     """The configs of the released checkpoints give the published shapes and parameter counts."""
-    hf = hf_config(["conv"] * layers, d_model=d, heads=16, n_inner=2 * d, vocab_size=50257, enc_length=1024, window_size=256)
+    hf = hf_config(
+        ["conv"] * layers,
+        d_model=d,
+        heads=16,
+        n_inner=2 * d,
+        vocab_size=50257,
+        enc_length=1024,
+        window_size=256,
+    )
     hf |= {"alt_mixer_layers": pla, "alt_mixer_2_layers": swa, "n_head": 16}
     cfg = JRTConfig.from_hf_dict(hf)
     assert cfg.vocab_size_padded == 50264 and cfg.pad_token_id == 220 and cfg.pla_head_dim == d // 16
@@ -135,17 +145,28 @@ def test_error_keys_named(tmp_path, hf_ck):
     hf, sd, _ = hf_ck
     broken = dict(sd)
     del broken["transformer.layers.1.mixer.proj_v.weight"]
-    expect_error(write_hf_checkpoint(tmp_path / "a", hf, broken), "missing keys", "transformer.layers.1.mixer.proj_v.weight")
+    expect_error(
+        write_hf_checkpoint(tmp_path / "a", hf, broken),
+        "missing keys",
+        "transformer.layers.1.mixer.proj_v.weight",
+    )
     extra = dict(sd) | {"transformer.layers.0.mixer.bogus.weight": torch.zeros(2)}
     expect_error(write_hf_checkpoint(tmp_path / "b", hf, extra), "unexpected keys", "mixer.bogus.weight")
     wrong = dict(sd) | {"transformer.layers.3.mlp.fc2.weight": torch.zeros(32, 100)}
-    expect_error(write_hf_checkpoint(tmp_path / "c", hf, wrong), "transformer.layers.3.mlp.fc2.weight", "[32, 100]", "[32, 256]")
+    expect_error(
+        write_hf_checkpoint(tmp_path / "c", hf, wrong),
+        "transformer.layers.3.mlp.fc2.weight",
+        "[32, 100]",
+        "[32, 256]",
+    )
 
 
 def test_error_config_disagrees_with_weights(tmp_path, hf_ck):
     hf, sd, _ = hf_ck
     hf = json.loads(json.dumps(hf)) | {"alt_mixer_2_layers": [2, 3]}  # layer 3 holds BaseConv weights
-    expect_error(write_hf_checkpoint(tmp_path / "x", hf, sd), "layer 3", "sliding-window attention", "BaseConv")
+    expect_error(
+        write_hf_checkpoint(tmp_path / "x", hf, sd), "layer 3", "sliding-window attention", "BaseConv"
+    )
 
 
 def test_info_cli(hf_ck):
@@ -164,7 +185,9 @@ def test_info_cli(hf_ck):
 def test_cli_error_is_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00garbage")
-    proc = subprocess.run([sys.executable, "-m", "jrtc.cli", "info", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jrtc.cli", "info", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("jrtc: error:"), proc.stderr
     assert "Traceback" not in proc.stderr

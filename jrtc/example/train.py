@@ -70,7 +70,12 @@ def main() -> None:
     t0 = time.time()
     for step in range(steps):
         ids, mask, targets = make_batch(
-            rng, settings["task"], train["batch_size"], config.enc_length, config.pad_token_id, train["read_twice_fraction"]
+            rng,
+            settings["task"],
+            train["batch_size"],
+            config.enc_length,
+            config.pad_token_id,
+            train["read_twice_fraction"],
         )
         logits = model(ids, mask)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100)
@@ -80,7 +85,11 @@ def main() -> None:
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - t0:6.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"step {step:5d}  loss {loss.item():.4f}  {time.time() - t0:6.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
     save_checkpoint(model.eval(), args.out)
     print(f"wrote {args.out}", file=sys.stderr)
 

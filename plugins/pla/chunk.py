@@ -437,7 +437,11 @@ def _dot_precision(v: torch.Tensor) -> str:
 
 def _check_inputs(name: str, x: torch.Tensor, dims: int, last: int | None = None) -> None:
     if x.dim() != dims or (last is not None and x.shape[-1] != last):
-        raise ValueError(f"{name}: expected {dims} dims" + (f" ending in {last}" if last else "") + f", got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: expected {dims} dims"
+            + (f" ending in {last}" if last else "")
+            + f", got {tuple(x.shape)}"
+        )
 
 
 def _check_dv(dv: int) -> None:
@@ -548,7 +552,11 @@ def pla_causal_with(
     _check_dv(dv)
     if tuple(k.shape) != tuple(q.shape) or tuple(v.shape[:3]) != (batch, length, heads):
         raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not agree")
-    if tuple(kv0.shape) != (batch, heads, EXPANDED_DIM, dv) or tuple(z0.shape) != (batch, heads, EXPANDED_DIM):
+    if tuple(kv0.shape) != (batch, heads, EXPANDED_DIM, dv) or tuple(z0.shape) != (
+        batch,
+        heads,
+        EXPANDED_DIM,
+    ):
         raise ValueError(f"kv0 {tuple(kv0.shape)} / z0 {tuple(z0.shape)} do not match q and v")
     kv0 = kv0.to(device=v.device, dtype=torch.float32).contiguous()
     z0 = z0.to(device=v.device, dtype=torch.float32).contiguous()
@@ -590,4 +598,13 @@ def pla_causal_with(
     return o, kv, z
 
 
-__all__ = ["CAUSAL_CONFIG", "ENCODER_CONFIG", "PrefillConfig", "naive", "pla_causal", "pla_causal_with", "pla_encode", "pla_encode_with"]
+__all__ = [
+    "CAUSAL_CONFIG",
+    "ENCODER_CONFIG",
+    "PrefillConfig",
+    "naive",
+    "pla_causal",
+    "pla_causal_with",
+    "pla_encode",
+    "pla_encode_with",
+]

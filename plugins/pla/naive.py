@@ -11,6 +11,7 @@ That is 1 + 16 + 136 = 153 features instead of the reference's 273, and gives th
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -21,20 +22,23 @@ EPS = 1e-12
 FEATURE_LAYOUT = "taylor2-sym153"  # recorded in export manifests; prefill and decode kernels agree on it
 
 
-def _pair_scale() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    rows, cols = torch.triu_indices(FEATURE_DIM, FEATURE_DIM)
-    # Off-diagonal pairs appear once instead of twice, so they carry sqrt(2) more weight.
-    scale = torch.where(rows == cols, 1.0 / math.sqrt(2 * FEATURE_DIM), 1.0 / math.sqrt(FEATURE_DIM))
-    return rows, cols, scale
+# The second-order features x_i * x_j * c_ij over the pairs i <= j, in torch.triu_indices order. Off-diagonal
+# pairs appear once instead of twice, so they carry sqrt(2) more weight than the diagonal.
+PAIR_ROWS, PAIR_COLS = torch.triu_indices(FEATURE_DIM, FEATURE_DIM)
+PAIR_SCALE = torch.where(
+    PAIR_ROWS == PAIR_COLS, 1.0 / math.sqrt(2 * FEATURE_DIM), 1.0 / math.sqrt(FEATURE_DIM)
+)
 
 
-_ROWS, _COLS, _SCALE = _pair_scale()
+@functools.cache
+def _pairs_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return PAIR_ROWS.to(device), PAIR_COLS.to(device), PAIR_SCALE.to(device)
 
 
 def taylor_features(x: torch.Tensor) -> torch.Tensor:
     """``[..., 16] -> [..., 153]`` fp32 features with ``phi(q).phi(k) = 1 + q.k/4 + (q.k)^2/32``."""
     x = x.float()
-    rows, cols, scale = _ROWS.to(x.device), _COLS.to(x.device), _SCALE.to(x.device)
+    rows, cols, scale = _pairs_on(x.device)
     second = x[..., rows] * x[..., cols] * scale
     ones = torch.ones_like(x[..., :1])
     return torch.cat([ones, x / FEATURE_DIM**0.25, second], dim=-1)
