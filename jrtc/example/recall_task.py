@@ -16,7 +16,6 @@ class RecallExample:
     context: str
     question: str
     answer: str
-    pairs: tuple[tuple[str, str], ...]
 
     def prompt(self, read_twice: bool) -> str:
         if read_twice:
@@ -36,5 +35,4 @@ def make_example(
     values = ["".join(rng.choices(string.digits, k=value_digits)) for _ in keys]
     context = ", ".join(f"{k}:{v}" for k, v in zip(keys, values, strict=True)) + "."
     i = rng.randrange(n)
-    pairs = tuple(zip(keys, values, strict=True))
-    return RecallExample(context=context, question=f"{keys[i]}:", answer=values[i], pairs=pairs)
+    return RecallExample(context=context, question=f"{keys[i]}:", answer=values[i])

@@ -1,8 +1,8 @@
 """Train the built-in example on the CPU: ``python -m jrtc.example.train [--steps N] [--out PATH]``.
 
 Prompts are fed exactly as at inference (reference protocol): shorter than ``enc_length`` -> left-padded with
-spaces, pads masked in PLA; the loss is next-token prediction on the answers and their newlines only, which
-always sit after the encoder region, so the non-causal encoder cannot leak them.
+spaces, pads masked in PLA; the loss is next-token prediction on the answer and its newline only, which always
+sit after the encoder region, so the non-causal encoder cannot leak them.
 """
 
 from __future__ import annotations
@@ -29,33 +29,20 @@ def encode(text: str) -> list[int]:
 
 
 def make_batch(
-    rng: random.Random, settings: dict, batch_size: int, enc_length: int, pad_id: int
+    rng: random.Random, task: dict, batch_size: int, enc_length: int, pad_id: int, twice_fraction: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows ``[spaces | prompt | answer \\n | follow-up queries]``; returns ids, pad mask and targets (-100: none).
-
-    The prompt is left-padded to ``enc_length`` exactly (the task settings keep every prompt, read twice
-    included, within it). Follow-up lines ``key:value\\n`` about other pairs come after the encoder region, so
-    they are causal; they give each row several supervised lookups instead of one, which trains much faster.
-    Only the values and newlines are targets.
-    """
-    train = settings["train"]
+    """Rows ``[spaces | prompt | answer \\n]`` with the prompt left-padded to ``enc_length`` exactly (the task
+    settings keep every prompt, read twice included, within it); returns ids, pad mask and targets (-100 = none)."""
     ids, mask, targets = [], [], []
     for _ in range(batch_size):
-        ex = make_example(rng, **settings["task"])
-        prompt = encode(ex.prompt(read_twice=rng.random() < train["read_twice_fraction"]))
+        ex = make_example(rng, **task)
+        prompt = encode(ex.prompt(read_twice=rng.random() < twice_fraction))
+        answer = encode(ex.answer + "\n")
         pads = enc_length - len(prompt)
         assert pads >= 0, "task settings make prompts longer than enc_length"
-        seq, supervised = [pad_id] * pads + prompt, [False] * enc_length
-        for i, (key, value) in enumerate(
-            [(ex.question[:-1], ex.answer)] + rng.choices(ex.pairs, k=train["follow_ups"])
-        ):
-            query = encode(f"{key}:") if i else []
-            answer = encode(value + "\n")
-            seq += query + answer
-            supervised += [False] * len(query) + [True] * len(answer)
-        ids.append(seq)
-        mask.append([False] * pads + [True] * (len(seq) - pads))
-        targets.append([t if s else -100 for t, s in zip(seq[1:], supervised[1:], strict=True)] + [-100])
+        ids.append([pad_id] * pads + prompt + answer)
+        mask.append([False] * pads + [True] * (len(prompt) + len(answer)))
+        targets.append([-100] * (enc_length - 1) + answer + [-100])
     return torch.tensor(ids), torch.tensor(mask), torch.tensor(targets)
 
 
@@ -83,7 +70,12 @@ def main() -> None:
     t0 = time.time()
     for step in range(steps):
         ids, mask, targets = make_batch(
-            rng, settings, train["batch_size"], config.enc_length, config.pad_token_id
+            rng,
+            settings["task"],
+            train["batch_size"],
+            config.enc_length,
+            config.pad_token_id,
+            train["read_twice_fraction"],
         )
         logits = model(ids, mask)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100)
