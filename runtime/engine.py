@@ -46,6 +46,8 @@ class Manifest:
     max_batch: int
     max_prompt_len: int
     state: tuple[StateSpec, ...]
+    inputs: tuple[str, ...]  # the step graph's input names, in call order
+    outputs: tuple[str, ...]
     checksums: dict[str, str]
     raw: dict[str, Any]
 
@@ -83,6 +85,8 @@ class Manifest:
                     StateSpec(str(s["name"]), tuple(int(d) for d in s["shape"]), np.dtype(s["dtype"]))
                     for s in raw["state"]
                 ),
+                inputs=tuple(str(name) for name in raw["inputs"]),
+                outputs=tuple(str(name) for name in raw["outputs"]),
                 checksums={str(k): str(v) for k, v in raw.get("checksums", {}).items()},
                 raw=raw,
             )

@@ -271,11 +271,9 @@ def test_runtime_loads_the_engine(engines) -> None:
     engine = Engine.load(directory)
     assert engine.manifest.enc_length == ENC
     ids = np.random.default_rng(0).integers(0, 256, (1, ENC))
-    state = model.init_state(1)
-    logits, _ = engine.backend.run(
-        ids, np.zeros(1, np.int64), np.zeros(1, np.int64), [state[n].numpy() for n in state if n != "pos"]
-    )
-    assert_close(torch.from_numpy(logits), torch_step(model, torch.from_numpy(ids), state)[0])
+    pool = engine.backend.new_pool(1)
+    logits = pool.run(slice(0, 1), ids, np.zeros(1, np.int64), np.zeros(1, np.int64))
+    assert_close(torch.from_numpy(logits), torch_step(model, torch.from_numpy(ids), model.init_state(1))[0])
 
 
 # ---- the command and its failures -----------------------------------------------------------------------
