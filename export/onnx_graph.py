@@ -36,7 +36,7 @@ def _node(
     op_type: str,
     inputs: list[torch.Tensor | None],
     outputs: list[tuple[torch.dtype, tuple[int | torch.SymInt, ...]]],
-    **attrs: float,
+    **attrs: float | int,
 ) -> tuple[torch.Tensor, ...]:
     """One ``jrtc`` node with the plugin attributes; ``outputs`` gives each output's dtype and shape."""
     node_outputs = torch.onnx.ops.symbolic_multi_out(
@@ -58,7 +58,7 @@ class GraphOps:
 
     @staticmethod
     def pla_encode(
-        k_enc: torch.Tensor, v_enc: torch.Tensor, key_mask: torch.Tensor | None
+        k_enc: torch.Tensor, v_enc: torch.Tensor, key_mask: torch.Tensor | None, enc_length: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, _, heads, _ = k_enc.shape
         return _node(
@@ -68,6 +68,7 @@ class GraphOps:
                 (torch.float32, (batch, heads, EXPANDED_DIM, v_enc.shape[3])),
                 (torch.float32, (batch, heads, EXPANDED_DIM)),
             ],
+            enc_length=enc_length,
         )
 
     @staticmethod

@@ -54,12 +54,13 @@ class PrefixLinearAttention(nn.Module):
         kv, z = state["kv"], state["z"]
         if self.enc_length > 0:
             # Computed for every row and kept only where the sequence starts in this call (pos == 0), so
-            # one graph serves first calls, continuations and mixed batches alike.
-            prefix = x[:, : self.enc_length]
+            # one graph serves first calls, continuations and mixed batches alike. The encoder op reads
+            # the first enc_length tokens itself: no slice whose length depends on L (see naive).
             enc_kv, enc_z = self.ops.pla_encode(
-                self._heads(self.proj_k_enc(prefix), self.feature_dim),
-                self._heads(self.proj_v_enc(prefix), self.head_dim),
-                None if key_mask is None else key_mask[:, : self.enc_length],
+                self._heads(self.proj_k_enc(x), self.feature_dim),
+                self._heads(self.proj_v_enc(x), self.head_dim),
+                key_mask,
+                self.enc_length,
             )
             starts = (pos == 0).to(torch.float32)
             kv = kv + starts[:, None, None, None] * enc_kv

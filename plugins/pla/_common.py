@@ -19,9 +19,13 @@ one op (segment states of the sequence-parallel path) stay in kernel order.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.library import wrap_triton
 
 from . import naive
 
@@ -128,6 +132,30 @@ def check_runnable(t: torch.Tensor, kernel: object) -> None:
             f"PLA Triton kernels got {t.device.type} tensors: they run on CUDA, or on the CPU only when "
             "TRITON_INTERPRET=1 is set before jrtc.plugins.pla's kernel modules are first imported"
         )
+
+
+def launcher(kernel: Any) -> Any:
+    """``kernel`` ready for ``launcher(kernel)[grid](*args)``: ``wrap_triton(kernel)``, which lets torch.export
+    and AOTInductor trace the launch itself (and run it under fake tensors without running it).
+
+    The Triton interpreter's kernels (CPU tests, ``TRITON_INTERPRET=1``) cannot be traced, and would try to
+    read fake tensors' memory; their launch is skipped when any argument is fake, so the op's fake
+    implementation is still the shapes and dtypes of the outputs its launch code allocated.
+    """
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(kernel, InterpretedFunction):
+        return wrap_triton(kernel)
+
+    class Interpreted:
+        def __getitem__(self, grid: Any) -> Any:
+            def launch(*args: Any, **kwargs: Any) -> None:
+                if not any(isinstance(a, FakeTensor) for a in args):
+                    kernel[grid](*args, **kwargs)
+
+            return launch
+
+    return Interpreted()
 
 
 def num_sms(device: torch.device) -> int:

@@ -43,6 +43,7 @@ from ._common import (
     _store_state_sym,
     check_runnable,
     compute_dtype,
+    launcher,
     num_sms,
 )
 
@@ -177,6 +178,7 @@ def _pla_segment_state_kernel(
     v,  # [B, L, H, DV]
     key_mask,  # [B, L] uint8, or any pointer when not HAS_MASK
     L,
+    N,  # tokens reduced: the first N <= L of each sequence
     H,
     SEG_LEN,  # tokens per segment, a multiple of C
     st_kv,  # out: [B*H, NSEG, 160, DV] fp32, kernel order
@@ -187,8 +189,8 @@ def _pla_segment_state_kernel(
     HAS_MASK: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """Partial state ``sum phi(k_t) [v_t | 1]`` over one segment: the split-K step of the encoder and the
-    first pass of the sequence-parallel causal path. Grid (value tiles, segments, B*H)."""
+    """Partial state ``sum phi(k_t) [v_t | 1]`` over one segment of the first N tokens: the split-K step of
+    the encoder and the first pass of the sequence-parallel causal path. Grid (value tiles, segments, B*H)."""
     pid_v = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -209,7 +211,7 @@ def _pla_segment_state_kernel(
     z_a = tl.zeros([16, 128], tl.float32)
     z_b = tl.zeros([16, 32], tl.float32)
     t_start = pid_s * SEG_LEN
-    t_end = tl.minimum(t_start + SEG_LEN, L)
+    t_end = tl.minimum(t_start + SEG_LEN, N)
     for t in range(t_start, t_end, C):
         offs_t = t + ci
         valid = offs_t < t_end
@@ -401,10 +403,10 @@ class PrefillConfig:
 # (benchmarks/results/prefill_kernels-sweep-h200.json). Causal at B=16 H=16 T=8192: chunk 16 1.82 ms,
 # 64 1.99 ms, 32 2.05 ms; 8 warps or a register cap (more resident programs, more spills) were slower.
 # A later sweep (prefill_kernels-sweep2-h200.json) measured 3 pipeline stages at 1.60 ms against 1.83 ms
-# for 2, and the encoder without the register cap within noise of it: candidates for the next GPU check,
-# not yet defaults (the committed results were measured with these).
+# for 2 (a candidate for the next GPU check), and the encoder without its register cap (maxnreg 168)
+# within noise of it: the cap is dropped, since Inductor cannot pass maxnreg to a kernel it embeds.
 CAUSAL_CONFIG = PrefillConfig(chunk=16)
-ENCODER_CONFIG = PrefillConfig(chunk=64, maxnreg=168)
+ENCODER_CONFIG = PrefillConfig(chunk=64)
 
 
 def _block_v(dv: int, block_v: int | None) -> int:
@@ -420,13 +422,24 @@ def _num_segments(programs: int, length: int, chunk: int, device: torch.device, 
     (value tile, b*h) programs leave SMs idle: below one program per SM, split until there are about two
     per SM (what stays resident at the kernel's register use), keeping each segment at least
     ``min_chunks`` chunks long. On an H200, B=1 H=16 T=32k: 16 segments 0.70 ms, 17 segments 1.02 ms.
+
+    Under torch.export the shapes are symbolic and a data-dependent choice of code path would become a
+    guard on them, so exported programs take the unsplit path.
     """
     sms = num_sms(device)
-    if programs >= sms:
+    if torch.compiler.is_exporting() or programs >= sms:
         return 1
     want = (2 * sms) // programs  # rounded down: a few programs past two per SM would make a second wave
     most = max(1, length // (min_chunks * chunk))
     return max(1, min(want, most))
+
+
+def _encoder_segments(programs: int, count: int, chunk: int, device: torch.device) -> int:
+    """Segments of the encoder's split-K reduction: it has no sequential dependency, so split until the GPU
+    has ~4 programs per SM, keeping 8 chunks per segment. Written with ``torch.sym_max``/``sym_min`` so that
+    symbolic shapes (torch.export) give an expression, not a guard."""
+    want = triton.cdiv(4 * num_sms(device), programs)
+    return torch.sym_max(1, torch.sym_min(want, count // (8 * chunk)))
 
 
 def _dot_precision(v: torch.Tensor) -> str:
@@ -458,19 +471,26 @@ def _mask_arg(key_mask: torch.Tensor | None, shape: tuple[int, int], ref: torch.
 
 
 def segment_states(
-    k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, num_segments: int, config: PrefillConfig
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    num_segments: int,
+    config: PrefillConfig,
+    count: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Partial states over ``num_segments`` equal segments (kernel order): ``[B*H, NSEG, 160, dv]``, z."""
+    """Partial states of the first ``count`` tokens (all when None) over ``num_segments`` equal segments
+    (kernel order): ``[B*H, NSEG, 160, dv]``, z."""
     batch, length, heads, _ = k.shape
+    count = length if count is None else count
     dv = v.shape[-1]
     bv = _block_v(dv, config.block_v)
-    seg_len = triton.cdiv(triton.cdiv(length, num_segments), config.chunk) * config.chunk
-    nseg = triton.cdiv(length, seg_len)
+    seg_len = triton.cdiv(triton.cdiv(count, num_segments), config.chunk) * config.chunk
+    nseg = triton.cdiv(count, seg_len)
     st_kv = torch.empty(batch * heads, nseg, KERNEL_ROWS, dv, device=k.device, dtype=torch.float32)
     st_z = torch.empty(batch * heads, nseg, KERNEL_ROWS, device=k.device, dtype=torch.float32)
     grid = (triton.cdiv(dv, bv), nseg, batch * heads)
-    _pla_segment_state_kernel[grid](
-        k, v, _mask_arg(key_mask, (batch, length), k), length, heads, seg_len, st_kv, st_z,
+    launcher(_pla_segment_state_kernel)[grid](
+        k, v, _mask_arg(key_mask, (batch, length), k), length, count, heads, seg_len, st_kv, st_z,
         DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, PREC=_dot_precision(v),
         **config.launch(),
     )  # fmt: skip
@@ -483,14 +503,23 @@ def segment_states(
 
 
 def pla_encode(
-    k_enc: torch.Tensor, v_enc: torch.Tensor, key_mask: torch.Tensor | None = None
+    k_enc: torch.Tensor,
+    v_enc: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    enc_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Non-causal encoder state over M prefix tokens (see ``naive.pla_encode``): kv [B,H,153,dv], z fp32."""
-    return pla_encode_with(k_enc, v_enc, key_mask, config=ENCODER_CONFIG)
+    """Non-causal encoder state over the first ``enc_length`` of L tokens (see ``naive.pla_encode``):
+    kv [B,H,153,dv], z fp32."""
+    return pla_encode_with(k_enc, v_enc, key_mask, enc_length, config=ENCODER_CONFIG)
 
 
 def pla_encode_with(
-    k_enc: torch.Tensor, v_enc: torch.Tensor, key_mask: torch.Tensor | None = None, *, config: PrefillConfig
+    k_enc: torch.Tensor,
+    v_enc: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    enc_length: int | None = None,
+    *,
+    config: PrefillConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``pla_encode`` with explicit launch parameters (tests and benchmarks)."""
     _check_inputs("k_enc", k_enc, 4, FEATURE_DIM)
@@ -498,9 +527,10 @@ def pla_encode_with(
     batch, length, heads, _ = k_enc.shape
     dv = v_enc.shape[-1]
     _check_dv(dv)
+    count = length if enc_length is None else torch.sym_min(length, enc_length)
     kv = torch.zeros(batch, heads, EXPANDED_DIM, dv, device=v_enc.device, dtype=torch.float32)
     z = torch.zeros(batch, heads, EXPANDED_DIM, device=v_enc.device, dtype=torch.float32)
-    if length == 0 or batch * heads == 0:
+    if count == 0 or batch * heads == 0:
         return kv, z
     check_runnable(v_enc, _pla_segment_state_kernel)
     dtype = compute_dtype(k_enc, v_enc)
@@ -509,12 +539,10 @@ def pla_encode_with(
     bv = _block_v(dv, config.block_v)
     nseg = config.num_segments
     if nseg is None:
-        # The reduction has no sequential dependency: split it until the GPU has ~4 programs per SM.
-        programs = triton.cdiv(dv, bv) * batch * heads
-        nseg = max(1, min(triton.cdiv(4 * num_sms(v_enc.device), programs), length // (8 * config.chunk)))
-    st_kv, st_z, _ = segment_states(k_enc, v_enc, key_mask, nseg, config)
+        nseg = _encoder_segments(triton.cdiv(dv, bv) * batch * heads, count, config.chunk, v_enc.device)
+    st_kv, st_z, _ = segment_states(k_enc, v_enc, key_mask, nseg, config, count)
     grid = (triton.cdiv(dv, bv), batch * heads)
-    _pla_state_scan_kernel[grid](
+    launcher(_pla_state_scan_kernel)[grid](
         st_kv, st_z, kv, z, st_kv.shape[1], st_kv, st_z, kv, z,
         DV=dv, BV=bv, HAS_INIT=False, WRITE_PREFIX=False, num_warps=4,
     )  # fmt: skip
@@ -577,7 +605,7 @@ def pla_causal_with(
     prec = _dot_precision(v)
     launch = config.launch()
     if nseg <= 1:
-        _pla_chunk_fwd_kernel[(nv, 1, batch * heads)](
+        launcher(_pla_chunk_fwd_kernel)[(nv, 1, batch * heads)](
             q, k, v, kv0, z0, kv0, z0, mask, length, heads, length, o, kv, z,
             DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, SPLIT=False, PREC=prec, **launch,
         )  # fmt: skip
@@ -587,11 +615,11 @@ def pla_causal_with(
     prefix_kv = torch.empty_like(st_kv)
     prefix_z = torch.empty_like(st_z)
     nseg = st_kv.shape[1]
-    _pla_state_scan_kernel[(nv, batch * heads)](
+    launcher(_pla_state_scan_kernel)[(nv, batch * heads)](
         st_kv, st_z, kv0, z0, nseg, prefix_kv, prefix_z, kv, z,
         DV=dv, BV=bv, HAS_INIT=True, WRITE_PREFIX=True, num_warps=4,
     )  # fmt: skip
-    _pla_chunk_fwd_kernel[(nv, nseg, batch * heads)](
+    launcher(_pla_chunk_fwd_kernel)[(nv, nseg, batch * heads)](
         q, k, v, kv0, z0, prefix_kv, prefix_z, mask, length, heads, seg_len, o, kv, z,
         DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, SPLIT=True, PREC=prec, **launch,
     )  # fmt: skip

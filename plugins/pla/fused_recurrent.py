@@ -20,7 +20,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import EXPANDED_DIM, FEATURE_DIM, _rows_a, _rows_b, check_runnable, compute_dtype, num_sms
+from ._common import (
+    EXPANDED_DIM,
+    FEATURE_DIM,
+    _rows_a,
+    _rows_b,
+    check_runnable,
+    compute_dtype,
+    launcher,
+    num_sms,
+)
 
 EXPANDED_DIM_C: tl.constexpr = tl.constexpr(EXPANDED_DIM)
 
@@ -90,8 +99,11 @@ def _pla_decode_kernel(
 def _block_v(dv: int, programs_per_tile: int, device: torch.device) -> int:
     """Value columns per program: 64 (256-byte rows), halved down to 16 while that leaves the GPU with fewer
     than ~4 programs per SM (a small batch). On an H200 at B=64 the block size and warps changed the time
-    by under 10% (benchmarks/results/decode_kernels-h200.json, "sweep")."""
+    by under 10% (benchmarks/results/decode_kernels-h200.json, "sweep"). Under torch.export the batch is
+    symbolic and the loop would become guards on it: exported programs take the large-batch choice, 64."""
     bv = 64
+    if torch.compiler.is_exporting():
+        return bv
     while bv > 16 and triton.cdiv(dv, bv) * programs_per_tile < 4 * num_sms(device):
         bv //= 2
     return bv
@@ -140,10 +152,10 @@ def pla_decode_with(
         return o, kv_new, z_new
     check_runnable(v, _pla_decode_kernel)
     bv = block_v or _block_v(dv, batch * heads, v.device)
-    if z_new.data_ptr() == z.data_ptr() and triton.cdiv(dv, bv) > 1:
+    if out is not None and z_new.data_ptr() == z.data_ptr() and triton.cdiv(dv, bv) > 1:
         raise ValueError("z_new may alias z only with a single value tile per head (block_v >= dv)")
     grid = (triton.cdiv(dv, bv), batch * heads)
-    _pla_decode_kernel[grid](q, k, v, kv, z, o, kv_new, z_new, DV=dv, BV=bv, num_warps=num_warps)
+    launcher(_pla_decode_kernel)[grid](q, k, v, kv, z, o, kv_new, z_new, DV=dv, BV=bv, num_warps=num_warps)
     return o, kv_new, z_new
 
 
