@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 from tokenizers import Tokenizer
 
 import jrtc
 from jrtc.checkpoint import load_checkpoint
 from jrtc.errors import JrtcError
-from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, DEFAULT_MAX_PROMPT_LEN, TARGETS, onnx_graph
-from jrtc.export.onnx_functions import OPSET
+from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, DEFAULT_MAX_PROMPT_LEN, TARGETS
+from jrtc.export.step_graph import io_names
+from jrtc.export.targets import TARGET_MODULES, Built, target_module
 from jrtc.model import JRTModel
 from jrtc.plugins.pla.naive import FEATURE_LAYOUT
 
@@ -31,7 +31,6 @@ from jrtc.plugins.pla.naive import FEATURE_LAYOUT
 from jrtc.runtime.engine import FORMAT_VERSION, MANIFEST, file_checksum
 from jrtc.tokenizer import byte_level_tokenizer_json, check_tokenizer_fits, load_tokenizer
 
-ENGINE = "model.onnx"
 TOKENIZER = "tokenizer.json"
 
 
@@ -44,22 +43,21 @@ class Exported:
     manifest: dict[str, Any]
 
 
-def check_target(target: str) -> None:
-    """Refuse, in one line, the targets this build cannot produce."""
-    if target == "cpu":
-        return
+def check_target(target: str, fmt: str | None) -> tuple[Any, str]:
+    """The target's module and the format to write; refuses, in one line, what this build cannot produce."""
     if target in ("h100", "h200"):
         missing = "TensorRT is not installed and " if importlib.util.find_spec("tensorrt") is None else ""
         raise JrtcError(
             f"target {target} is not available in this build: {missing}the TensorRT engine builder is not "
-            "implemented yet; export with --target cpu"
+            "implemented yet; export with --target cuda (NVIDIA GPUs) or --target cpu"
         )
-    if target == "cuda":
-        raise JrtcError(
-            "target cuda is not available in this build: the Triton-kernel engine is not implemented yet; "
-            "export with --target cpu"
-        )
-    raise JrtcError(f"unknown target {target!r}; jrtc targets: {', '.join(TARGETS)}")
+    if target not in TARGET_MODULES:
+        raise JrtcError(f"unknown target {target!r}; jrtc targets: {', '.join(TARGETS)}")
+    module = target_module(target)
+    fmt = fmt or module.FORMATS[0]
+    if fmt not in module.FORMATS:
+        raise JrtcError(f"target {target} writes {' or '.join(module.FORMATS)}, not --format {fmt}")
+    return module, fmt
 
 
 def resolve_tokenizer(checkpoint: Path, tokenizer: str | None) -> str:
@@ -84,18 +82,19 @@ def resolve_tokenizer(checkpoint: Path, tokenizer: str | None) -> str:
 
 
 def build_manifest(
-    model: JRTModel, max_batch: int, max_prompt_len: int, checksums: dict[str, str]
+    model: JRTModel, target: str, built: Built, max_batch: int, max_prompt_len: int, checksums: dict[str, str]
 ) -> dict[str, Any]:
     cfg = model.config
     spec = {name: v for name, v in model.state_spec().items() if name != "pos"}  # pos is the runtime's
     state_bytes = model.state_bytes()
-    inputs, outputs = onnx_graph.io_names(model)
+    inputs, _ = io_names(model)
+    fields = dict(built.fields)
     return {
         "format_version": FORMAT_VERSION,
         "jrtc_version": jrtc.__version__,
-        "target": "cpu",
-        "backend": "onnxruntime",
-        "engine": ENGINE,
+        "target": target,
+        "backend": built.backend,
+        "engine": built.engine,
         "model": cfg.to_dict(),
         "vocab_size": cfg.vocab_size,
         "vocab_size_padded": cfg.vocab_size_padded,
@@ -111,10 +110,11 @@ def build_manifest(
         "state_bytes_per_sequence": sum(state_bytes[name] for name in spec),
         "feature_layout": FEATURE_LAYOUT,
         "inputs": inputs,
-        "outputs": outputs,
+        "outputs": built.outputs,
         "tokenizer": TOKENIZER,
         "checksums": checksums,
-        "built_with": {"torch": torch.__version__, "onnx": onnx.__version__, "opset": OPSET},
+        **fields,
+        "built_with": {"torch": torch.__version__, **fields.get("built_with", {})},
     }
 
 
@@ -137,9 +137,13 @@ def export_engine(
     max_prompt_len: int | None = None,
     tokenizer: str | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    fmt: str | None = None,
+    dtype: str | None = None,
 ) -> Exported:
-    """Export ``checkpoint`` for ``target`` into the engine directory ``output``."""
-    check_target(target)
+    """Export ``checkpoint`` for ``target`` (in format ``fmt``, weights in ``dtype``: the target's defaults
+    when None) into the engine directory ``output``."""
+    module, fmt = check_target(target, fmt)
+    placement = module.place(fmt, dtype)
     if output.exists() and not (output / MANIFEST).is_file():
         raise JrtcError(f"{output} exists and is not a jrtc engine directory; remove it or pick another -o")
     if max_batch < 1:
@@ -147,7 +151,9 @@ def export_engine(
     progress(f"tokenizer: {tokenizer or 'beside the checkpoint'}")
     tokenizer_json = resolve_tokenizer(checkpoint, tokenizer)
     progress(f"loading {checkpoint}")
-    model = load_checkpoint(checkpoint, dtype=torch.float32)
+    model = load_checkpoint(
+        checkpoint, dtype=placement.dtype, device=placement.device, use_kernels=placement.use_kernels
+    )
     cfg = model.config
     check_tokenizer_fits(Tokenizer.from_str(tokenizer_json), cfg.vocab_size, cfg.pad_token_id)
     enc_length = cfg.enc_length
@@ -164,18 +170,12 @@ def export_engine(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the engine directory is an ordinary one
     try:
-        progress(f"tracing the step graph ({cfg.n_layer} layers)")
-        graph = onnx_graph.trace_step_graph(model)
-        progress(f"writing {ENGINE}")
-        written = onnx_graph.save(graph, staging / ENGINE)
-        progress("checking the graph (onnx.checker, full)")
-        onnx_graph.check(staging / ENGINE)
+        built = module.build(model, staging, fmt, max_batch, max_prompt_len, progress)
         (staging / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
         progress("checksums and manifest")
-        names = [p.name for p in written] + [TOKENIZER]
-        manifest = build_manifest(
-            model, max_batch, max_prompt_len, {name: file_checksum(staging / name) for name in names}
-        )
+        names = [*built.files, TOKENIZER]
+        checksums = {name: file_checksum(staging / name) for name in names}
+        manifest = build_manifest(model, target, built, max_batch, max_prompt_len, checksums)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         files = {name: (staging / name).stat().st_size for name in [*names, MANIFEST]}
         _install(staging, output)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, TARGETS
+from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, DTYPES, FORMATS, TARGETS
 
 if TYPE_CHECKING:
     from jrtc.export.build import Exported
@@ -35,7 +35,19 @@ def summary_lines(exported: Exported) -> list[str]:
         "inputs: input_ids [B, L] int64, start_pos [B] int64, num_pad [B] int64, "
         f"{len(m['state'])} state.* tensors (L <= max_prompt_len {m['max_prompt_len']})"
     )
-    lines.append(f"outputs: logits [B, {m['vocab_size_padded']}] float32, {len(m['state'])} next.* tensors")
+    if m.get("state_in_place"):
+        lines.append(
+            f"outputs: logits [B, {m['vocab_size_padded']}] float32; the state.* inputs update in place"
+        )
+        lines += [
+            f"program {name}: B {b[0]}..{b[1]}, L {n[0]}..{n[1]}"
+            for name, shape in m["programs"].items()
+            for b, n in [(shape["batch"], shape["length"])]
+        ]
+    else:
+        lines.append(
+            f"outputs: logits [B, {m['vocab_size_padded']}] float32, {len(m['state'])} next.* tensors"
+        )
     return lines
 
 
@@ -49,6 +61,17 @@ def summary_lines(exported: Exported) -> list[str]:
     "--output",
     type=click.Path(path_type=Path),
     help="Engine directory [default: <checkpoint>-<target>].",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    help="Engine format: onnx (ONNX Runtime) or aoti (AOTInductor package) [default: onnx for cpu, aoti for cuda].",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPES),
+    help="Weight dtype [default: float32 for cpu, bfloat16 for cuda]; the PLA state is always float32.",
 )
 @click.option("--max-batch", type=int, default=DEFAULT_MAX_BATCH, show_default=True, help="State-pool size.")
 @click.option(
@@ -64,6 +87,8 @@ def export_command(
     checkpoint: Path,
     target: str,
     output: Path | None,
+    fmt: str | None,
+    dtype: str | None,
     max_batch: int,
     max_prompt_len: int | None,
     tokenizer: str | None,
@@ -78,6 +103,8 @@ def export_command(
 
     if output is None:
         output = Path(f"{checkpoint.resolve().stem}-{target}")
-    exported = export_engine(checkpoint, output, target, max_batch, max_prompt_len, tokenizer, progress)
+    exported = export_engine(
+        checkpoint, output, target, max_batch, max_prompt_len, tokenizer, progress, fmt=fmt, dtype=dtype
+    )
     if not quiet:
         click.echo("\n".join(summary_lines(exported)))

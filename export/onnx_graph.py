@@ -18,11 +18,11 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 import torch
-from torch import nn
 
 from jrtc.errors import JrtcError
 from jrtc.export import onnx_functions
 from jrtc.export.onnx_functions import DOMAIN, OPSET
+from jrtc.export.step_graph import StepGraph, io_names
 from jrtc.layers import BaseConv, PrefixLinearAttention, SlidingWindowAttention
 from jrtc.model import JRTModel
 from jrtc.plugins.pla.naive import EXPANDED_DIM
@@ -143,41 +143,6 @@ def _quiet_exporter() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
-
-
-class StepGraph(nn.Module):
-    """The traced function: the contract's graph inputs in, logits and the next state out."""
-
-    def __init__(self, model: JRTModel) -> None:
-        super().__init__()
-        self.model = model
-        self.state_names = [name for name in model.state_spec() if name != "pos"]
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        start_pos: torch.Tensor,
-        num_pad: torch.Tensor,
-        state: list[torch.Tensor],
-    ) -> tuple[torch.Tensor, ...]:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        key_mask = positions[None, :] >= num_pad[:, None]  # True = real token; the first num_pad are pads
-        logits, next_state = self.model.forward_step(
-            input_ids,
-            {"pos": start_pos, **dict(zip(self.state_names, state, strict=True))},
-            key_mask,
-            last_only=True,
-        )
-        return (logits, *(next_state[name] for name in self.state_names))
-
-
-def io_names(model: JRTModel) -> tuple[list[str], list[str]]:
-    """Graph input and output names, in order (docs/interfaces.md)."""
-    names = [name for name in model.state_spec() if name != "pos"]
-    return (
-        ["input_ids", "start_pos", "num_pad", *(f"state.{n}" for n in names)],
-        ["logits", *(f"next.{n}" for n in names)],
-    )
 
 
 def trace_step_graph(model: JRTModel) -> ir.Model:

@@ -343,10 +343,33 @@ def test_failed_export_leaves_nothing(
     assert list(tmp_path.iterdir()) == []  # ...and it is gone
 
 
-@pytest.mark.parametrize("target", ["h100", "h200", "cuda"])
+@pytest.mark.parametrize("target", ["h100", "h200"])
 def test_unavailable_targets(checkpoint: Path, tmp_path: Path, target: str) -> None:
     code, _, stderr = jrtc_cli("export", str(checkpoint), "--target", target, "-o", str(tmp_path / "e"))
-    assert_one_line_error(code, stderr, f"target {target} is not available in this build")
+    assert_one_line_error(code, stderr, f"target {target} is not available in this build", "--target cuda")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_cuda_target_without_a_gpu(checkpoint: Path, tmp_path: Path) -> None:
+    code, _, stderr = jrtc_cli("export", str(checkpoint), "--target", "cuda", "-o", str(tmp_path / "e"))
+    assert_one_line_error(code, stderr, "--target cuda needs an NVIDIA GPU", "--format aoti")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--target", "cpu", "--dtype", "bfloat16"], "the cpu target exports float32"),
+        (["--format", "plan"], "Invalid value for '--format'"),
+        (["--target", "cuda", "--format", "onnx"], "target cuda writes aoti, not --format onnx"),
+    ],
+)
+def test_format_and_dtype_errors(checkpoint: Path, tmp_path: Path, options: list[str], message: str) -> None:
+    code, _, stderr = jrtc_cli(
+        "export", str(checkpoint), *options, "-o", str(tmp_path / "e"), "--tokenizer", "bytes"
+    )
+    assert code != 0 and message in stderr
     assert list(tmp_path.iterdir()) == []
 
 
