@@ -79,6 +79,7 @@ def metadata(model: JRTModel, max_batch: int, max_prompt_len: int) -> dict[str, 
         if name != "pos"
     ]
     return {
+        "jrtc.device": model.lm_head.weight.device.type,
         "jrtc.state": ";".join(state),
         "jrtc.enc_length": str(cfg.enc_length),
         "jrtc.pad_token_id": str(cfg.pad_token_id),
@@ -102,13 +103,14 @@ def export_program(
     """``torch.export`` of one program, with its batch (and for prefill, length) dynamic."""
     device = model.lm_head.weight.device
     shapes = program_shapes(max_batch, max_prompt_len)[name]
-    batch_dim = torch.export.Dim("batch", min=1, max=max_batch) if max_batch > 1 else None
-    length_dim = None
+    static = torch.export.Dim.STATIC
+    batch_dim = torch.export.Dim("batch", min=1, max=max_batch) if max_batch > 1 else static
+    length_dim = static
     if name == "prefill":
         length_dim = torch.export.Dim("length", min=shapes["length"][0], max=shapes["length"][1])
     # Example sizes no weight shares, so the exporter cannot take B or L for a constant.
     args = _example(model, device, min(2, max_batch), 3 if name == "prefill" else 1)
-    state_dims = [{0: batch_dim} if batch_dim else {} for _ in args[3]]
+    state_dims = [{0: batch_dim} for _ in args[3]]
     dynamic_shapes = {
         "input_ids": {0: batch_dim, 1: length_dim},
         "start_pos": {0: batch_dim},
@@ -153,6 +155,9 @@ def build_package(
     options = {
         "aot_inductor.package": True,
         "aot_inductor.metadata": metadata(model, max_batch, max_prompt_len),
+        # The generated input checks (AOTI_RUNTIME_CHECK_INPUTS=1) take Inductor's working assumption that a
+        # dynamic size is at least 2 for a bound, and would refuse B = 1; the code itself serves B = 1.
+        "aot_inductor.check_lowerbound": False,
     }
     compiled = {}
     with _quiet_compiler():

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tokenizers import Tokenizer
 
 from jrtc.errors import JrtcError
@@ -26,7 +25,7 @@ class StateSpec:
 
     name: str
     shape: tuple[int, ...]
-    dtype: np.dtype
+    dtype: str  # "float32", "bfloat16", ... (numpy has no bfloat16: each backend maps the name)
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ class Manifest:
                 max_batch=int(raw["max_batch"]),
                 max_prompt_len=int(raw["max_prompt_len"]),
                 state=tuple(
-                    StateSpec(str(s["name"]), tuple(int(d) for d in s["shape"]), np.dtype(s["dtype"]))
+                    StateSpec(str(s["name"]), tuple(int(d) for d in s["shape"]), str(s["dtype"]))
                     for s in raw["state"]
                 ),
                 inputs=tuple(str(name) for name in raw["inputs"]),

@@ -28,7 +28,7 @@ class OnnxRuntimePool:
         self._inputs, self._outputs = manifest.inputs, manifest.outputs
         self._vocab_size = manifest.vocab_size
         self.max_batch = max_batch
-        self.states = [np.zeros((max_batch, *s.shape), s.dtype) for s in manifest.state]
+        self.states = [np.zeros((max_batch, *s.shape), np.dtype(s.dtype)) for s in manifest.state]
         self.bytes_per_sequence = sum(s.nbytes for s in self.states) // max_batch
 
     def reset(self, slots: slice) -> None:
