@@ -367,7 +367,9 @@ def test_ops_match_naive_and_dispatch_one_token_to_decode() -> None:
         ):
             assert_close(got, ref, REL_O, f"pla_causal L={length}")
         for enc_length in (None, 4):
-            got_ref = zip(ops.pla_encode(k, v, mask, enc_length), naive.pla_encode(k, v, mask, enc_length))
+            got_ref = zip(
+                ops.pla_encode(k, v, mask, enc_length), naive.pla_encode(k, v, mask, enc_length), strict=True
+            )
             for got, ref in got_ref:
                 assert_close(got, ref, REL_O, "pla_encode")
     q, k, v, kv0, z0, _ = _op_inputs(1)
