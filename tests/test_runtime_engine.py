@@ -21,6 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 from jrt_fixtures import hf_config, random_state_dict, write_hf_checkpoint
+from pool_wrappers import PoolWrapper, Recorder, recording
 from tokenizers import Tokenizer
 
 from jrtc.checkpoint import load_checkpoint
@@ -97,36 +98,6 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
     return out
 
 
-class PoolWrapper:
-    """A state pool that passes everything on to the session's own one."""
-
-    def __init__(self, pool) -> None:
-        self.pool = pool
-
-    def __getattr__(self, name: str):
-        return getattr(self.pool, name)
-
-
-class Recorder(PoolWrapper):
-    """Keeps the logits and the input shape ``(B, L)`` of every call."""
-
-    def __init__(self, pool) -> None:
-        super().__init__(pool)
-        self.logits: list[np.ndarray] = []
-        self.shapes: list[tuple[int, int]] = []
-
-    def run(self, slots, input_ids, start_pos, num_pad):
-        logits = self.pool.run(slots, input_ids, start_pos, num_pad)
-        self.logits.append(self.pool.to_numpy(logits).copy())
-        self.shapes.append(input_ids.shape)
-        return logits
-
-
-def _recording(session):
-    session.pool = Recorder(session.pool)
-    return session.pool
-
-
 def _prompt(length: int) -> list[int]:
     return list((TEXT * (length // len(TEXT) + 1)).encode()[:length])
 
@@ -152,7 +123,7 @@ def _generate(
 ) -> tuple[list[int], np.ndarray, Recorder]:
     """The runtime's tokens for one prompt, the logits each was drawn from, and the backend calls."""
     session = engine.session(max_batch=1)
-    recorder = _recording(session)
+    recorder = recording(session)
     tokens = [t.id for t in session.generate(prompt, params)]
     return tokens, np.stack([lg[0] for lg in recorder.logits[-len(tokens) :]]), recorder
 
@@ -233,7 +204,7 @@ def test_continuous_batching_matches_sequences_alone(exported: dict[str, Exporte
     alone = [[t.id for t in engine.session(max_batch=1).generate(p, params)] for p, params in jobs]
 
     session = engine.session()
-    recorder = _recording(session)
+    recorder = recording(session)
     requests = [session.request(p, params) for p, params in jobs]
     together: dict[int, list[int]] = {id(r): [] for r in requests}
     for token in session.stream(requests):
@@ -256,7 +227,7 @@ def test_waiting_requests_prefill_together(exported: dict[str, Exported]) -> Non
     alone = [_generate(engine, prompt, params)[:2] for prompt in prompts]
 
     session = engine.session()
-    recorder = _recording(session)
+    recorder = recording(session)
     requests = [session.request(prompt, params) for prompt in prompts]
     together: dict[int, list[int]] = {id(r): [] for r in requests}
     for token in session.stream(requests):
