@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton import check_runnable, compute_dtype, dot, dot_precision, launcher, num_sms
 from . import naive
 from ._common import (
     EXPANDED_DIM,
@@ -41,10 +42,6 @@ from ._common import (
     _load_state_sym,
     _store_state_ko,
     _store_state_sym,
-    check_runnable,
-    compute_dtype,
-    launcher,
-    num_sms,
 )
 
 # Globals read inside kernels must be constexprs.
@@ -54,18 +51,6 @@ EXPANDED_DIM_C: tl.constexpr = tl.constexpr(EXPANDED_DIM)
 # ---------------------------------------------------------------------------------------------------------
 # In-kernel Taylor feature map and the per-chunk state steps (kernel order: see _common)
 # ---------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _dot(a, b, acc, PREC: tl.constexpr):
-    # PREC is "" for half-precision operands; for fp32 operands (tests, fp32 models) "tf32x3" on GPUs
-    # (three tf32 products, about fp32 accuracy, on the tensor cores: an FMA "ieee" dot of these tiles spills
-    # so much that ptxas takes a minute per kernel) and "ieee" in the interpreter. Triton's default would be
-    # plain tf32 (10-bit mantissa).
-    if PREC == "":
-        return tl.dot(a, b, acc)
-    else:
-        return tl.dot(a, b, acc, input_precision=PREC)
 
 
 @triton.jit
@@ -136,10 +121,10 @@ def _chunk_update(kt, vt, w, ones01, s_a, s_b, z_a, z_b, C: tl.constexpr, PREC: 
     f_a = _features_a(kt, C) * w.to(dt)
     f_b = (_features_b(kt.to(tl.float32), C) * w).to(dt)
     vtt = tl.trans(vt)
-    s_a = _dot(vtt, f_a, s_a, PREC)
-    s_b = _dot(vtt, f_b, s_b, PREC)
-    z_a = _dot(ones01, f_a, z_a, PREC)
-    z_b = _dot(ones01, f_b, z_b, PREC)
+    s_a = dot(vtt, f_a, s_a, PREC)
+    s_b = dot(vtt, f_b, s_b, PREC)
+    z_a = dot(ones01, f_a, z_a, PREC)
+    z_b = dot(ones01, f_b, z_b, PREC)
     return s_a, s_b, z_a, z_b
 
 
@@ -149,10 +134,10 @@ def _chunk_readout(qt, acc, den, s_a, s_b, z_a, z_b, C: tl.constexpr, PREC: tl.c
     dt = qt.dtype
     g_a = _features_a(qt, C)
     g_b = _features_b(qt.to(tl.float32), C).to(dt)
-    acc = _dot(g_a, tl.trans(s_a.to(dt)), acc, PREC)
-    acc = _dot(g_b, tl.trans(s_b.to(dt)), acc, PREC)
-    dacc = _dot(g_a, tl.trans(_zsplit(z_a, dt)), tl.zeros([C, 16], tl.float32), PREC)
-    dacc = _dot(g_b, tl.trans(_zsplit(z_b, dt)), dacc, PREC)
+    acc = dot(g_a, tl.trans(s_a.to(dt)), acc, PREC)
+    acc = dot(g_b, tl.trans(s_b.to(dt)), acc, PREC)
+    dacc = dot(g_a, tl.trans(_zsplit(z_a, dt)), tl.zeros([C, 16], tl.float32), PREC)
+    dacc = dot(g_b, tl.trans(_zsplit(z_b, dt)), dacc, PREC)
     return acc, den + tl.sum(dacc, axis=1)
 
 
@@ -349,10 +334,10 @@ def _pla_chunk_fwd_kernel(
         kt = _load_keys(k_base, m_base, offs_t, valid, H, HAS_MASK).to(dt)
 
         # Intra-chunk: scores 1 + s + s^2/2 straight from the 16-dim q.k; columns past the end masked.
-        s = _dot(qt, tl.trans(kt), tl.zeros([C, C], tl.float32), PREC) * 0.25
+        s = dot(qt, tl.trans(kt), tl.zeros([C, C], tl.float32), PREC) * 0.25
         a = tl.where((ci[:, None] >= ci[None, :]) & valid[None, :], 1.0 + s + 0.5 * s * s, 0.0)
         den = tl.sum(a, axis=1)
-        acc = _dot(a.to(dt), vt, tl.zeros([C, BV], tl.float32), PREC)
+        acc = dot(a.to(dt), vt, tl.zeros([C, BV], tl.float32), PREC)
 
         # Inter-chunk: the state from before this chunk through the expanded features; then add the chunk.
         acc, den = _chunk_readout(qt, acc, den, s_a, s_b, z_a, z_b, C, PREC)
@@ -442,12 +427,6 @@ def _encoder_segments(programs: int, count: int, chunk: int, device: torch.devic
     return torch.sym_max(1, torch.sym_min(want, count // (8 * chunk)))
 
 
-def _dot_precision(v: torch.Tensor) -> str:
-    if v.dtype != torch.float32:
-        return ""
-    return "tf32x3" if v.device.type == "cuda" else "ieee"
-
-
 def _check_inputs(name: str, x: torch.Tensor, dims: int, last: int | None = None) -> None:
     if x.dim() != dims or (last is not None and x.shape[-1] != last):
         raise ValueError(
@@ -491,7 +470,7 @@ def segment_states(
     grid = (triton.cdiv(dv, bv), nseg, batch * heads)
     launcher(_pla_segment_state_kernel)[grid](
         k, v, _mask_arg(key_mask, (batch, length), k), length, count, heads, seg_len, st_kv, st_z,
-        DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, PREC=_dot_precision(v),
+        DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, PREC=dot_precision(v),
         **config.launch(),
     )  # fmt: skip
     return st_kv, st_z, seg_len
@@ -602,7 +581,7 @@ def pla_causal_with(
     nseg = config.num_segments
     if nseg is None:
         nseg = _num_segments(nv * batch * heads, length, config.chunk, v.device, min_chunks=4)
-    prec = _dot_precision(v)
+    prec = dot_precision(v)
     launch = config.launch()
     if nseg <= 1:
         launcher(_pla_chunk_fwd_kernel)[(nv, 1, batch * heads)](

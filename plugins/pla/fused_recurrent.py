@@ -20,15 +20,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton import check_runnable, compute_dtype, launcher, num_sms
 from ._common import (
     EXPANDED_DIM,
     FEATURE_DIM,
     _rows_a,
     _rows_b,
-    check_runnable,
-    compute_dtype,
-    launcher,
-    num_sms,
 )
 
 EXPANDED_DIM_C: tl.constexpr = tl.constexpr(EXPANDED_DIM)
