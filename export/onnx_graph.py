@@ -87,7 +87,7 @@ class GraphOps:
         )
 
     @staticmethod
-    def window_attention(
+    def sliding_window_attention(
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
@@ -118,7 +118,11 @@ class GraphOps:
 @contextlib.contextmanager
 def _graph_cores(model: JRTModel) -> Iterator[None]:
     """Route every mixer's core through :class:`GraphOps` for the duration of the trace."""
-    hooks = {PrefixLinearAttention: "ops", SlidingWindowAttention: "window_attention", BaseConv: "short_conv"}
+    hooks = {
+        PrefixLinearAttention: "ops",
+        SlidingWindowAttention: "sliding_window_attention",
+        BaseConv: "short_conv",
+    }
     saved = []
     for block in model.transformer.layers:
         name = hooks[type(block.mixer)]
