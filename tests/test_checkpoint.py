@@ -107,10 +107,10 @@ def test_error_missing_and_unreadable(tmp_path, hf_ck):
     _, _, path = hf_ck
     (path / "pytorch_model.bin").unlink()
     expect_error(path, "no weights")
-    (path / "pytorch_model.bin").write_bytes(os.urandom(1000))
+    (path / "pytorch_model.bin").write_bytes(os.urandom(10**6))  # big enough for the config's parameters
     expect_error(path, "cannot read", "pytorch_model.bin")
     (path / "pytorch_model.bin").unlink()
-    (path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    (path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}" + bytes(10**6))
     expect_error(path, "safetensors")
     (path / "config.json").write_text("{not json")
     expect_error(path, "config.json")
