@@ -6,11 +6,15 @@ failed export leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,8 @@ from tokenizers import Tokenizer
 
 import jrtc
 from jrtc.checkpoint import load_checkpoint
-from jrtc.errors import JrtcError
+from jrtc.config import JRTConfig
+from jrtc.errors import JrtcError, check_int
 from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, DEFAULT_MAX_PROMPT_LEN, TARGETS, onnx_graph
 from jrtc.export.onnx_functions import OPSET
 from jrtc.model import JRTModel
@@ -118,8 +123,100 @@ def build_manifest(
     }
 
 
+def check_memory(model: JRTModel, max_batch: int, max_prompt_len: int, memory: int | None) -> None:
+    """Refuse a state pool or a prefill call that cannot fit in ``memory`` bytes (None: unknown)."""
+    if memory is None:
+        return
+    cfg = model.config
+    pool = max_batch * sum(model.state_bytes().values())
+    if pool > memory:
+        raise JrtcError(
+            f"--max-batch {max_batch} needs a state pool of {pool / 2**30:.3g} GiB, more than this machine's "
+            f"{memory / 2**30:.1f} GiB of memory: use at most {max(memory // (pool // max_batch), 1)}"
+        )
+    if prefill_bytes(cfg, max_prompt_len) > memory:
+        fits = max_prompt_len
+        while fits > 1 and prefill_bytes(cfg, fits) > memory:
+            fits //= 2
+        raise JrtcError(
+            f"--max-prompt-len {max_prompt_len} needs about {prefill_bytes(cfg, max_prompt_len) / 2**30:.3g} GiB "
+            f"per prefill call (it grows with its square), more than this machine's {memory / 2**30:.1f} GiB "
+            f"of memory: use at most about {fits} (longer prompts are prefilled in chunks of it)"
+        )
+
+
+def prefill_bytes(cfg: JRTConfig, length: int) -> int:
+    """Scratch memory of one prefill call of ``length`` tokens on the cpu target, the part quadratic in it.
+
+    PLA and SWA compute [heads, L, L (+ ring)] fp32 scores; ONNX Runtime holds about five such tensors at
+    the peak (measured on the built-in example: 1.3 GiB at L = 4096, 0.37 GiB at 2048). The activations
+    ([L, 4 d] and [L, 2 n_inner] per layer) add a part linear in L.
+    """
+    heads = max(
+        cfg.pla_heads if {"pla", "la"} & set(cfg.layer_types) else 0,
+        cfg.n_head if "swa" in cfg.layer_types else 0,
+    )
+    ring = cfg.swa_ring if "swa" in cfg.layer_types else 0
+    return 5 * 4 * heads * length * (length + ring) + 4 * length * (8 * cfg.d_model + 4 * cfg.n_inner)
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory of this machine, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_output(output: Path) -> None:
+    """``-o`` may name a new directory or an engine directory to replace, nothing else."""
+    if output.exists() and not (output / MANIFEST).is_file():
+        raise JrtcError(f"{output} exists and is not a jrtc engine directory; remove it or pick another -o")
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (flock: released by the kernel if the process dies)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _new_staging(output: Path) -> tuple[Path, int]:
+    """A fresh hidden staging directory beside ``output``, locked for as long as this export runs.
+
+    Leftovers of killed exports to the same output (their staging directories, which nothing holds locked
+    any more, and retired engine directories) are removed first. Call with the parent directory locked,
+    so that no other export's staging directory is seen between its creation and its lock.
+    """
+    for leftover in output.parent.glob(f".{glob.escape(output.name)}.*"):
+        if leftover.name.endswith(".partial"):
+            fd = os.open(leftover, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a running export's
+            finally:
+                os.close(fd)
+        elif ".old-" not in leftover.name:
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the engine directory is an ordinary one
+    lock = os.open(staging, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return staging, lock
+
+
 def _install(staging: Path, output: Path) -> None:
-    """Move the finished directory into place; an older engine directory there is replaced."""
+    """Move the finished directory into place; an older engine directory there is replaced.
+
+    Call with the parent directory locked: two exports to one output then install one after the other.
+    """
+    check_output(output)  # something else may have appeared there while this export ran
     if not output.exists():
         staging.rename(output)
         return
@@ -127,6 +224,10 @@ def _install(staging: Path, output: Path) -> None:
     output.rename(retired / output.name)
     staging.rename(output)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _write_error(output: Path, exc: OSError) -> JrtcError:
+    return JrtcError(f"cannot write the engine directory {output}: {exc.strerror or exc}")
 
 
 def export_engine(
@@ -140,29 +241,33 @@ def export_engine(
 ) -> Exported:
     """Export ``checkpoint`` for ``target`` into the engine directory ``output``."""
     check_target(target)
-    if output.exists() and not (output / MANIFEST).is_file():
-        raise JrtcError(f"{output} exists and is not a jrtc engine directory; remove it or pick another -o")
-    if max_batch < 1:
-        raise JrtcError(f"--max-batch must be at least 1, got {max_batch}")
+    check_output(output)
+    check_int("--max-batch", max_batch, minimum=1)
     progress(f"tokenizer: {tokenizer or 'beside the checkpoint'}")
     tokenizer_json = resolve_tokenizer(checkpoint, tokenizer)
     progress(f"loading {checkpoint}")
     model = load_checkpoint(checkpoint, dtype=torch.float32)
     cfg = model.config
     check_tokenizer_fits(Tokenizer.from_str(tokenizer_json), cfg.vocab_size, cfg.pad_token_id)
-    enc_length = cfg.enc_length
     if max_prompt_len is None:
-        max_prompt_len = max(DEFAULT_MAX_PROMPT_LEN, enc_length)
-    if max_prompt_len < max(enc_length, 1):
+        max_prompt_len = max(DEFAULT_MAX_PROMPT_LEN, cfg.enc_length)
+    if check_int("--max-prompt-len", max_prompt_len, minimum=1) < cfg.enc_length:
         raise JrtcError(
-            f"--max-prompt-len {max_prompt_len} is shorter than enc_length {enc_length}: "
+            f"--max-prompt-len {max_prompt_len} is shorter than enc_length {cfg.enc_length}: "
             "a prompt's first call must hold its whole encoder"
         )
+    check_memory(model, max_batch, max_prompt_len, physical_memory())
 
     output = output.resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the engine directory is an ordinary one
+    above = next(p for p in output.parents if p.exists())
+    if not above.is_dir():
+        raise JrtcError(f"cannot write the engine directory {output}: {above} is a file, not a directory")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(output.parent):
+            staging, lock = _new_staging(output)
+    except OSError as exc:
+        raise _write_error(output, exc) from None
     try:
         progress(f"tracing the step graph ({cfg.n_layer} layers)")
         graph = onnx_graph.trace_step_graph(model)
@@ -178,8 +283,14 @@ def export_engine(
         )
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         files = {name: (staging / name).stat().st_size for name in [*names, MANIFEST]}
-        _install(staging, output)
+        with _locked(output.parent):
+            _install(staging, output)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _write_error(output, exc) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
     return Exported(output, files, manifest)

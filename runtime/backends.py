@@ -9,8 +9,9 @@ pool; a backend keeps nothing between calls.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -24,6 +25,19 @@ class Backend(Protocol):
     def run(
         self, input_ids: np.ndarray, start_pos: np.ndarray, num_pad: np.ndarray, states: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]: ...
+
+
+@dataclass(frozen=True)
+class GraphTensor:
+    """A graph input or output as a backend declares it; ``None`` marks a dynamic (or unknown) dimension."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+    def __str__(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.dtype} [{dims}]"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -45,15 +59,13 @@ class OnnxRuntimeBackend:
             raise JrtcError(
                 f"{model_path} is corrupted: ONNX Runtime cannot load it ({_first_line(exc)})"
             ) from None
-        self._inputs = ["input_ids", "start_pos", "num_pad"] + [f"state.{s.name}" for s in manifest.state]
-        self._outputs = ["logits"] + [f"next.{s.name}" for s in manifest.state]
-        have_in = [i.name for i in self._session.get_inputs()]
-        have_out = [o.name for o in self._session.get_outputs()]
-        if sorted(have_in) != sorted(self._inputs) or sorted(have_out) != sorted(self._outputs):
-            raise JrtcError(
-                f"{model_path} does not match its jrtc.json: graph inputs {have_in}, outputs {have_out}; "
-                f"expected inputs {self._inputs}, outputs {self._outputs}"
-            )
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        manifest.check_graph(
+            model_path,
+            [_graph_tensor(i) for i in self._session.get_inputs()],
+            [_graph_tensor(o) for o in self._session.get_outputs()],
+        )
 
     def run(
         self, input_ids: np.ndarray, start_pos: np.ndarray, num_pad: np.ndarray, states: Sequence[np.ndarray]
@@ -61,6 +73,16 @@ class OnnxRuntimeBackend:
         feed = dict(zip(self._inputs, [input_ids, start_pos, num_pad, *states], strict=True))
         logits, *next_states = self._session.run(self._outputs, feed)
         return logits, next_states
+
+
+# ONNX Runtime's type strings for the dtypes an engine's inputs and outputs use.
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
+
+
+def _graph_tensor(arg: Any) -> GraphTensor:
+    """An ONNX Runtime ``NodeArg`` as a :class:`GraphTensor` (symbolic dimensions become None)."""
+    dtype = np.dtype(_ORT_DTYPES.get(arg.type, "void"))
+    return GraphTensor(arg.name, tuple(d if isinstance(d, int) else None for d in arg.shape), dtype)
 
 
 BACKENDS: dict[str, Callable[[Path, Manifest], Backend]] = {"onnxruntime": OnnxRuntimeBackend}

@@ -16,9 +16,14 @@ from jrtc.runtime.session import Stats
 
 
 def read_prompt_file(path: Path) -> str:
-    """The prompt file's text; missing, empty or binary files are a :class:`JrtcError`."""
+    """The prompt file's text (``-``: standard input); missing, empty or binary files are a :class:`JrtcError`."""
     try:
-        data = path.read_bytes()
+        if str(path) == "-":
+            if sys.stdin is None:
+                raise JrtcError("--prompt - reads standard input, which is closed")
+            data = sys.stdin.buffer.read()
+        else:
+            data = path.read_bytes()
     except FileNotFoundError:
         raise JrtcError(f"prompt file not found: {path}") from None
     except OSError as exc:
@@ -49,8 +54,8 @@ def _stats_line(stats: Stats) -> str:
     "--prompt",
     "prompt_file",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Text file: the prompt, or with --question the context.",
+    type=click.Path(path_type=Path, allow_dash=True),
+    help="Text file ('-': standard input): the prompt, or with --question the context.",
 )
 @click.option("--question", help="Ask this about the prompt file's text, as a JRT-Prompt.")
 @click.option(

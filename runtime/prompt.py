@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jrtc.errors import JrtcError
+from jrtc.runtime.sampling import check_text
 
 PAD_MODES = ("left", "read2x")
 
@@ -41,12 +42,14 @@ def build_prompt(
     """
     if pad not in PAD_MODES:
         raise JrtcError(f"unknown pad mode {pad!r} (choose from {', '.join(PAD_MODES)})")
+    check_text("the context", context)
     if question is None:
         if repeat not in (None, 1):
             raise JrtcError("--repeat needs a question: without one the prompt file is used as is")
         text = context
         fill = context.strip() + "\n"
     else:
+        check_text("the question", question)
         copies = 2 if repeat is None else repeat
         if copies < 1:
             raise JrtcError(f"repeat must be >= 1, got {copies}")

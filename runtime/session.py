@@ -8,17 +8,19 @@ sequence frees its slot for the next waiting request. Nothing grows with the len
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from jrtc.errors import JrtcError
 from jrtc.runtime.prompt import Prompt, pad_prompt
-from jrtc.runtime.sampling import SamplingParams, sample
+from jrtc.runtime.sampling import SamplingParams, check_text, sample
 from jrtc.runtime.text import TextStream
 
 if TYPE_CHECKING:
@@ -74,10 +76,32 @@ class _Sequence:
     last: int = 0
 
 
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _one_thread_at_a_time(method: _Method) -> _Method:
+    """Raise instead of running when another thread is inside one of the session's guarded methods."""
+
+    @functools.wraps(method)
+    def guarded(self: Session, *args: Any, **kwargs: Any) -> Any:
+        if not self._in_use.acquire(blocking=False):
+            raise RuntimeError(
+                "this Session is in use by another thread; a Session is driven from one thread at a time "
+                "(hand it requests through a queue, as a server's loop does)"
+            )
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._in_use.release()
+
+    return guarded  # type: ignore[return-value]
+
+
 class Session:
     """Generates for many requests at once over the engine's backend; see the module docstring.
 
-    Not thread-safe: one thread drives :meth:`step` (a service hands it requests through a queue).
+    Not thread-safe: one thread drives :meth:`step` (a service hands it requests through a queue). A
+    second thread calling in while one is inside raises a ``RuntimeError`` rather than mixing sequences.
     """
 
     def __init__(self, engine: Engine, max_batch: int | None = None) -> None:
@@ -95,6 +119,7 @@ class Session:
         self.state_bytes = sum(s.nbytes for s in self.states) // self.max_batch
         self._slots: list[_Sequence | None] = [None] * self.max_batch
         self._pending: deque[Request] = deque()
+        self._in_use = threading.Lock()
 
     def request(self, prompt: str | Prompt | Sequence[int], params: SamplingParams | None = None) -> Request:
         """A request from text, a built :class:`Prompt`, or token ids."""
@@ -103,9 +128,12 @@ class Session:
             if prompt.fill is not None:
                 fill = self.engine.tokenizer.encode(prompt.fill, add_special_tokens=False).ids
             prompt = prompt.text
-        ids = self.engine.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = (
+            self.engine.encode(check_text("the prompt", prompt)) if isinstance(prompt, str) else list(prompt)
+        )
         return Request(ids, params or SamplingParams(), fill)
 
+    @_one_thread_at_a_time
     def submit(self, request: Request) -> None:
         """Queue a request; it starts at the next :meth:`step` with a free slot."""
         vocab = self.engine.manifest.vocab_size
@@ -116,6 +144,7 @@ class Session:
         request.stats = Stats()  # a request submitted again starts over
         self._pending.append(request)
 
+    @_one_thread_at_a_time
     def cancel(self, request: Request) -> None:
         """Drop a request, waiting or running (a service's client went away)."""
         if request in self._pending:
@@ -128,6 +157,7 @@ class Session:
     def busy(self) -> bool:
         return bool(self._pending) or any(seq is not None for seq in self._slots)
 
+    @_one_thread_at_a_time
     def step(self) -> list[Token]:
         """Start waiting requests in free slots, then decode one token for every active slot."""
         tokens = []
