@@ -48,7 +48,10 @@ def load_checkpoint(
         model = JRTModel(config)
     _check_keys(path, model, state_dict)
     _check_values(path, state_dict)
-    state_dict.setdefault(TIED_HEAD, state_dict["transformer.embeddings.word_embeddings.weight"])
+    embedding = state_dict["transformer.embeddings.word_embeddings.weight"]
+    # The authors' model ties the head to the embedding; a head that differs would be dropped silently.
+    if not torch.equal(state_dict.setdefault(TIED_HEAD, embedding), embedding):
+        raise JrtcError(f"{path}: {TIED_HEAD} differs from the word embeddings, but the model ties them")
     model.load_state_dict(state_dict, assign=True)
     model.lm_head.weight = model.transformer.embeddings.word_embeddings.weight  # assign=True unties them
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jrtc.errors import JrtcError
+from jrtc.errors import JrtcError, check_int
 from jrtc.runtime.sampling import check_text
 
 PAD_MODES = ("left", "read2x")
@@ -50,9 +50,7 @@ def build_prompt(
         fill = context.strip() + "\n"
     else:
         check_text("the question", question)
-        copies = 2 if repeat is None else repeat
-        if copies < 1:
-            raise JrtcError(f"repeat must be >= 1, got {copies}")
+        copies = 2 if repeat is None else check_int("repeat", repeat, minimum=1)
         question = question.strip()
         sentence = _sentence(context)
         if copies == 1:

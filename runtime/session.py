@@ -9,6 +9,7 @@ sequence frees its slot for the next waiting request. Nothing grows with the len
 from __future__ import annotations
 
 import functools
+import numbers
 import threading
 import time
 from collections import deque
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from jrtc.errors import JrtcError
+from jrtc.errors import JrtcError, check_int
 from jrtc.runtime.prompt import Prompt, pad_prompt
 from jrtc.runtime.sampling import SamplingParams, check_text, sample
 from jrtc.runtime.text import TextStream
@@ -109,12 +110,20 @@ class Session:
         self.engine = engine
         self.max_batch = manifest.max_batch if max_batch is None else max_batch
         # Engines are built for batches up to the manifest's max_batch (TensorRT profiles are).
+        check_int("max_batch", self.max_batch, minimum=1)
         if not 1 <= self.max_batch <= manifest.max_batch:
             raise JrtcError(
                 f"max_batch must be between 1 and the engine's {manifest.max_batch}, got {max_batch}"
             )
         # The whole state pool, allocated here once and updated in place (slot = row).
-        self.states = [np.zeros((self.max_batch, *s.shape), s.dtype) for s in manifest.state]
+        try:
+            self.states = [np.zeros((self.max_batch, *s.shape), s.dtype) for s in manifest.state]
+        except (MemoryError, ValueError):  # numpy's two ways of saying the pool is too large
+            per_slot = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in manifest.state)
+            raise JrtcError(
+                f"a state pool of {self.max_batch} sequences needs {self.max_batch * per_slot / 2**30:.3g} GiB, "
+                "more than this machine can allocate: pass a smaller max_batch"
+            ) from None
         self.positions = np.zeros(self.max_batch, np.int64)
         self.state_bytes = sum(s.nbytes for s in self.states) // self.max_batch
         self._slots: list[_Sequence | None] = [None] * self.max_batch
@@ -123,6 +132,8 @@ class Session:
 
     def request(self, prompt: str | Prompt | Sequence[int], params: SamplingParams | None = None) -> Request:
         """A request from text, a built :class:`Prompt`, or token ids."""
+        if params is not None and not isinstance(params, SamplingParams):
+            raise JrtcError(f"params must be a SamplingParams, got {type(params).__name__}")
         fill = None
         if isinstance(prompt, Prompt):
             if prompt.fill is not None:
@@ -139,7 +150,10 @@ class Session:
         vocab = self.engine.manifest.vocab_size
         if not request.prompt:
             raise JrtcError("the prompt is empty")
-        if any(not 0 <= t < vocab for t in [*request.prompt, *(request.fill or ())]):
+        if any(
+            isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < vocab
+            for t in [*request.prompt, *(request.fill or ())]
+        ):
             raise JrtcError(f"the prompt has token ids outside the model's vocabulary (0..{vocab - 1})")
         request.stats = Stats()  # a request submitted again starts over
         self._pending.append(request)

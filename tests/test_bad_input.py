@@ -213,6 +213,7 @@ CHECKPOINT_CASES = {
     "weights-missing-key": Case(
         lambda w: ["info", w.hf_checkpoint(weights=lambda sd: sd.pop(FC1))], ("missing keys", FC1)
     ),
+    "weights-head-untied": Case(lambda w: ["info", _untied_head(w)], ("lm_head.weight", "ties")),
     "weights-not-tensors": Case(lambda w: ["info", _pickle_weights(w, {"a": [1, 2]})], ("named tensors",)),
     "weights-int-keys": Case(lambda w: ["info", _pickle_weights(w, {1: torch.zeros(2)})], ("named tensors",)),
     "pt-without-config": _info_pt(_field("config", ...), "'config'"),
@@ -231,6 +232,14 @@ CHECKPOINT_CASES = {
     "checkpoint-dev-null": Case(lambda w: ["info", "/dev/null"], ("cannot read",)),
     "checkpoint-directory-empty": Case(lambda w: ["info", str(w.dir)], ("no config.json",)),
 }
+
+
+def _untied_head(work: Work) -> str:
+    path = Path(work.hf_checkpoint())
+    weights = torch.load(path / "pytorch_model.bin", weights_only=True)
+    weights["model.lm_head.weight"] = 2 * weights["model.lm_head.weight"]
+    torch.save(weights, path / "pytorch_model.bin")
+    return str(path)
 
 
 def _replace_config(work: Work, text: str) -> str:
@@ -621,6 +630,35 @@ def test_stop_given_as_one_string_is_one_stop_string(assets: dict[str, Path]) ->
     free = text(())
     stop = free[-2:]
     assert text(stop) == text((stop,)) == free[: free.index(stop)]
+
+
+SESSION_CASES: dict[str, tuple[Callable[[Engine], object], str]] = {
+    "token-ids-fractional": (lambda e: e.session().submit(e.session().request([1.5, 2])), "vocabulary"),
+    "token-ids-strings": (lambda e: e.session().submit(e.session().request(["a"])), "vocabulary"),
+    "token-ids-negative": (lambda e: e.session().submit(e.session().request([-1])), "vocabulary"),
+    "params-a-dict": (lambda e: e.session().request("x", {"temperature": 1}), "SamplingParams"),
+    "max_batch-string": (lambda e: e.session(max_batch="2"), "max_batch"),
+    "max_batch-zero": (lambda e: e.session(max_batch=0), "max_batch"),
+    "max_batch-above-engine": (lambda e: e.session(max_batch=99), "max_batch"),
+    "repeat-fractional": (lambda e: build_prompt("context", "q", repeat=1.5), "repeat"),
+    "pad-mode-unknown": (lambda e: build_prompt("context", pad="right"), "pad mode"),
+}
+
+
+@pytest.mark.parametrize("name", list(SESSION_CASES))
+def test_bad_session_calls(name: str, assets: dict[str, Path]) -> None:
+    call, fragment = SESSION_CASES[name]
+    with pytest.raises(JrtcError, match=fragment) as info:
+        call(Engine.load(assets["engine"]))
+    assert "\n" not in str(info.value)
+
+
+def test_a_state_pool_too_large_to_allocate(assets: dict[str, Path], tmp_path: Path) -> None:
+    engine_dir = Path(shutil.copytree(assets["engine"], tmp_path / "engine"))
+    manifest = json.loads((engine_dir / "jrtc.json").read_text())
+    (engine_dir / "jrtc.json").write_text(json.dumps(manifest | {"max_batch": 10**12}))
+    with pytest.raises(JrtcError, match="state pool"):
+        Engine.load(engine_dir).session()
 
 
 def test_bad_text_in_the_api(assets: dict[str, Path]) -> None:
