@@ -259,7 +259,8 @@ def parameter_count(
 # Settings of the authors' modules that change the math or the weights, and the values jrtc implements. A
 # field that config.json leaves out takes the authors' default, so leaving out activation_function means
 # gelu_new there and is refused here. A setting only counts when the model has the layer types listed.
-# Sources (HazyResearch/prefix-linear-attention @ 7490f22): train/src/models/gpt.py (create_mlp_cls,
+# Sources (https://github.com/HazyResearch/prefix-linear-attention/tree/7490f22bda3e, the authors' code
+# release): train/src/models/gpt.py (create_mlp_cls,
 # create_block, sliding_window_additions, GPTModel, GPTLMHeadModel), train/src/models/mlp.py (GatedMlp),
 # based/models/mixers/{convolution,prefix_linear_attention,linear_attention,slide_attention}.py.
 _SETTINGS: tuple[tuple[str, Any, tuple[Any, ...], tuple[str, ...] | None, str], ...] = (
