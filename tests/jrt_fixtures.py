@@ -8,10 +8,14 @@ otherwise default differently (GPT2Config and the mixers' defaults) is there in 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
+
+from jrtc.errors import JrtcError
 
 TARGETS = {
     "conv": "based.models.mixers.convolution.BaseConv",
@@ -165,3 +169,14 @@ def write_hf_checkpoint(
     else:
         torch.save(weights, directory / "pytorch_model.bin")
     return directory
+
+
+def one_line_error(call: Callable[[], object], *fragments: str) -> str:
+    """The message of the ``JrtcError`` that ``call`` raises: one line, holding every fragment."""
+    with pytest.raises(JrtcError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message

@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 import torch
-from jrt_fixtures import TARGETS, hf_config, random_state_dict, write_hf_checkpoint
+from jrt_fixtures import TARGETS, hf_config, one_line_error, random_state_dict, write_hf_checkpoint
 
 import jrtc
 from jrtc.config import JRTConfig
-from jrtc.errors import JrtcError
 from jrtc.model import JRTModel
 
 MIX = ["conv", "pla", "swa", "conv"]
@@ -34,13 +33,7 @@ def without(hf: dict[str, Any], *paths: str) -> dict[str, Any]:
 
 
 def refused(hf: dict[str, Any], *fragments: str) -> str:
-    with pytest.raises(JrtcError) as info:
-        JRTConfig.from_hf_dict(hf)
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
+    return one_line_error(lambda: JRTConfig.from_hf_dict(hf), *fragments)
 
 
 def logits(model: JRTModel) -> torch.Tensor:
