@@ -143,6 +143,8 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if reason.startswith("Weights only load failed"):  # torch's advice to load unsafely is not ours
+            reason = "it holds something other than tensors and plain data"
         raise JrtcError(
             f"cannot read {path}: not a PyTorch checkpoint or unsafe to load ({reason[:200]})"
         ) from None

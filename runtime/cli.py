@@ -14,6 +14,8 @@ from jrtc.runtime.prompt import PAD_MODES, build_prompt
 from jrtc.runtime.sampling import SamplingParams
 from jrtc.runtime.session import Stats
 
+MAX_PROMPT_BYTES = 64 << 20
+
 
 def read_prompt_file(path: Path) -> str:
     """The prompt file's text (``-``: standard input); missing, empty or binary files are a :class:`JrtcError`."""
@@ -21,13 +23,16 @@ def read_prompt_file(path: Path) -> str:
         if str(path) == "-":
             if sys.stdin is None:
                 raise JrtcError("--prompt - reads standard input, which is closed")
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
         else:
-            data = path.read_bytes()
+            with path.open("rb") as f:
+                data = f.read(MAX_PROMPT_BYTES + 1)
     except FileNotFoundError:
         raise JrtcError(f"prompt file not found: {path}") from None
     except OSError as exc:
         raise JrtcError(f"cannot read prompt file {path}: {exc.strerror}") from None
+    if len(data) > MAX_PROMPT_BYTES:  # /dev/zero, or a file that would take days to prefill
+        raise JrtcError(f"prompt file {path} is larger than {MAX_PROMPT_BYTES >> 20} MiB")
     if b"\0" in data:
         raise JrtcError(f"prompt file {path} is binary, not text")
     try:

@@ -230,6 +230,7 @@ CHECKPOINT_CASES = {
     "pt-pad-out-of-vocab": _info_pt(_field("config.pad_token_id", 999), "pad_token_id"),
     "checkpoint-missing": Case(lambda w: ["info", str(w.dir / "nope")], ("not found",)),
     "checkpoint-dev-null": Case(lambda w: ["info", "/dev/null"], ("cannot read",)),
+    "checkpoint-dev-zero": Case(lambda w: ["info", "/dev/zero"], ("cannot read",)),
     "checkpoint-directory-empty": Case(lambda w: ["info", str(w.dir)], ("no config.json",)),
 }
 
@@ -386,6 +387,9 @@ RUN_CASES = {
     "prompt-stdin-closed": _stdin_prompt(None, "standard input", closed=True),
     "prompt-directory": Case(
         lambda w: ["run", str(w.assets["engine"]), "--prompt", str(w.dir)], ("cannot read",)
+    ),
+    "prompt-dev-zero": Case(
+        lambda w: ["run", str(w.assets["engine"]), "--prompt", "/dev/zero"], ("larger than 64 MiB",)
     ),
     "prompt-dev-null": Case(lambda w: ["run", str(w.assets["engine"]), "--prompt", "/dev/null"], ("empty",)),
     "prompt-missing": Case(
