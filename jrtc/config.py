@@ -156,7 +156,7 @@ class JRTConfig:
         mixer = read.mixer("mixer")
         if mixer is None:
             raise JrtcError("config.json has no mixer: not a JRT-RNN / Based config")
-        layers = {"mixer": mixer}
+        mixers = {"mixer": mixer}  # slot -> (layer type, its settings), for the slots in use
         alt_layers = read.layer_list("alt_mixer_layers", n_layer)
         alt2_layers = read.layer_list("alt_mixer_2_layers", n_layer)
         alt_layers -= alt2_layers  # create_mixer_cls looks at alt_mixer_2_layers first
@@ -168,9 +168,9 @@ class JRTConfig:
                     "layers full softmax attention (MHA), which jrtc does not implement"
                 )
             if spec is not None:
-                layers[field] = spec
-        alt_type = layers["alt_mixer"][0] if alt_layers else None
-        present = {t for t, _ in layers.values()}
+                mixers[field] = spec
+        alt_type = mixers["alt_mixer"][0] if alt_layers else None
+        present = {t for t, _ in mixers.values()}
         if n_layer == len(alt_layers) + len(alt2_layers):
             present.discard("conv")
         read.check_settings(present)
@@ -178,7 +178,7 @@ class JRTConfig:
         # GatedMlp (mlp.py): hidden_features defaults to int(8 * d / 3), rounded up to a multiple of 256.
         n_inner = int(8 * d_model / 3) if hf.get("n_inner") is None else read.int("n_inner")
         n_inner = (n_inner + 255) // 256 * 256
-        alt = layers["alt_mixer"][1] if alt_layers else {}
+        alt = mixers["alt_mixer"][1] if alt_layers else {}
         # PrefixLinearAttention has no default head count (num_heads=None); LinearAttention's is 16.
         pla_heads = read.int("alt_mixer.num_heads", None if alt_type == "pla" else 16)
         pad_multiple = read.int("pad_vocab_size_multiple", 1)
@@ -246,8 +246,8 @@ def parameter_count(
     """Parameters of a model with ``layers`` (layer type -> count); the tied head counted once."""
     d, qk = d_model, 16 * pla_heads
     per_type = {
-        "conv": 6 * d * d
-        + 11 * d,  # in_proj d -> 4d with bias, depthwise kernel 2d x 3, out_proj 2d -> d with bias
+        # in_proj d -> 4d with bias, depthwise kernel 2d x 3, out_proj 2d -> d with bias
+        "conv": 6 * d * d + 11 * d,
         "pla": 3 * qk * d + 3 * d * d,  # q, k, k_enc; v, v_enc, out
         "la": 2 * qk * d + 2 * d * d,
         "swa": 4 * d * d,  # Wqkv, out_proj
