@@ -3,6 +3,7 @@ click's usage errors (an unknown option, a bad value) keep click's status 2."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -36,7 +37,8 @@ class _Group(click.Group):
             if exc.errno not in _WRITE_ERRORS and not _stdout_broken():
                 raise
             # Send what is still buffered to /dev/null, so that exiting does not print the error again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            with contextlib.suppress(OSError, ValueError):  # a stdout without a descriptor has no exit flush
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             _fail(f"cannot write to standard output: {exc.strerror or exc}")
 
     def invoke(self, ctx: click.Context) -> Any:
