@@ -11,18 +11,21 @@ generation.
 
 from __future__ import annotations
 
+import functools
+import numbers
 import secrets
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from jrtc.errors import JrtcError
+from jrtc.errors import JrtcError, check_int
 from jrtc.runtime.prompt import Prompt, pad_prompt
-from jrtc.runtime.sampling import Draw, SamplingParams
+from jrtc.runtime.sampling import Draw, SamplingParams, check_text
 from jrtc.runtime.text import TextStream
 
 if TYPE_CHECKING:
@@ -88,10 +91,32 @@ class _Prefill:
     num_pad: int
 
 
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _one_thread_at_a_time(method: _Method) -> _Method:
+    """Raise instead of running when another thread is inside one of the session's guarded methods."""
+
+    @functools.wraps(method)
+    def guarded(self: Session, *args: Any, **kwargs: Any) -> Any:
+        if not self._in_use.acquire(blocking=False):
+            raise RuntimeError(
+                "this Session is in use by another thread; a Session is driven from one thread at a time "
+                "(hand it requests through a queue, as a server's loop does)"
+            )
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._in_use.release()
+
+    return guarded  # type: ignore[return-value]
+
+
 class Session:
     """Generates for many requests at once over the engine's backend; see the module docstring.
 
-    Not thread-safe: one thread drives :meth:`step` (a service hands it requests through a queue).
+    Not thread-safe: one thread drives :meth:`step` (a service hands it requests through a queue). A
+    second thread calling in while one is inside raises a ``RuntimeError`` rather than mixing sequences.
     """
 
     def __init__(self, engine: Engine, max_batch: int | None = None) -> None:
@@ -99,6 +124,7 @@ class Session:
         self.engine = engine
         self.max_batch = manifest.max_batch if max_batch is None else max_batch
         # Engines are built for batches up to the manifest's max_batch (TensorRT profiles are).
+        check_int("max_batch", self.max_batch, minimum=1)
         if not 1 <= self.max_batch <= manifest.max_batch:
             raise JrtcError(
                 f"max_batch must be between 1 and the engine's {manifest.max_batch}, got {max_batch}"
@@ -110,6 +136,7 @@ class Session:
         # one contiguous range of the pool.
         self._running: list[_Sequence] = []
         self._pending: deque[Request] = deque()
+        self._in_use = threading.Lock()
 
     @property
     def state_bytes(self) -> int:
@@ -118,24 +145,33 @@ class Session:
 
     def request(self, prompt: str | Prompt | Sequence[int], params: SamplingParams | None = None) -> Request:
         """A request from text, a built :class:`Prompt`, or token ids."""
+        if params is not None and not isinstance(params, SamplingParams):
+            raise JrtcError(f"params must be a SamplingParams, got {type(params).__name__}")
         fill = None
         if isinstance(prompt, Prompt):
             if prompt.fill is not None:
                 fill = self.engine.tokenizer.encode(prompt.fill, add_special_tokens=False).ids
             prompt = prompt.text
-        ids = self.engine.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = (
+            self.engine.encode(check_text("the prompt", prompt)) if isinstance(prompt, str) else list(prompt)
+        )
         return Request(ids, params or SamplingParams(), fill)
 
+    @_one_thread_at_a_time
     def submit(self, request: Request) -> None:
         """Queue a request; it starts at the next :meth:`step` with a free slot."""
         vocab = self.engine.manifest.vocab_size
         if not request.prompt:
             raise JrtcError("the prompt is empty")
-        if any(not 0 <= t < vocab for t in [*request.prompt, *(request.fill or ())]):
+        if any(
+            isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < vocab
+            for t in [*request.prompt, *(request.fill or ())]
+        ):
             raise JrtcError(f"the prompt has token ids outside the model's vocabulary (0..{vocab - 1})")
         request.stats = Stats()  # a request submitted again starts over
         self._pending.append(request)
 
+    @_one_thread_at_a_time
     def cancel(self, request: Request) -> None:
         """Drop a request, waiting or running (a service's client went away)."""
         if request in self._pending:
@@ -149,6 +185,7 @@ class Session:
     def busy(self) -> bool:
         return bool(self._pending or self._running)
 
+    @_one_thread_at_a_time
     def step(self) -> list[Token]:
         """Start the waiting requests that fit, prefilled together, then decode one token for every
         running sequence."""

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
+from jrtc.config import JRTConfig
 from jrtc.errors import JrtcError
 from jrtc.export import aoti
 from jrtc.export.targets import Built, Placement, Progress
 from jrtc.model import JRTModel
 
+PREFILL_GROWTH = "it grows with it"  # how prefill_bytes grows with the length, for messages
 FORMATS = ("aoti",)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 MIN_CAPABILITY = (8, 0)  # bf16 tensor cores, which the prefill kernels' dots use
@@ -37,6 +39,18 @@ def place(fmt: str, dtype: str | None) -> Placement:
     if dtype is not None and dtype not in DTYPES:
         raise JrtcError(f"--dtype {dtype} is not supported; choose {' or '.join(DTYPES)}")
     return Placement(DTYPES[dtype or "bfloat16"], "cuda", use_kernels=True)
+
+
+def memory() -> int:
+    """Bytes of memory of the GPU the export runs on (the engine runs on one like it)."""
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+
+
+def prefill_bytes(cfg: JRTConfig, length: int) -> int:
+    """Scratch memory of one prefill call of ``length`` tokens: linear in it, since the PLA and
+    sliding-window kernels never form an L x L matrix ([L, 4 d] and [L, 2 n_inner] activations per layer,
+    fp32 at most)."""
+    return 4 * length * (8 * cfg.d_model + 4 * cfg.n_inner)
 
 
 def build(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,6 +28,19 @@ if TYPE_CHECKING:
 
 # Logits as the backend keeps them: a numpy array, or a tensor on the backend's device.
 Logits = Any
+
+
+@dataclass(frozen=True)
+class GraphTensor:
+    """A graph input or output as a backend declares it; ``None`` marks a dynamic (or unknown) dimension."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+    def __str__(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.dtype} [{dims}]"
 
 
 class StatePool(Protocol):

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from jrtc.errors import JrtcError
-from jrtc.runtime.backends import first_line
+from jrtc.runtime.backends import GraphTensor, first_line
 from jrtc.runtime.sampling import Draw, sample
 
 if TYPE_CHECKING:
@@ -28,7 +28,14 @@ class OnnxRuntimePool:
         self._inputs, self._outputs = manifest.inputs, manifest.outputs
         self._vocab_size = manifest.vocab_size
         self.max_batch = max_batch
-        self.states = [np.zeros((max_batch, *s.shape), np.dtype(s.dtype)) for s in manifest.state]
+        try:
+            self.states = [np.zeros((max_batch, *s.shape), np.dtype(s.dtype)) for s in manifest.state]
+        except (MemoryError, ValueError):  # numpy's two ways of saying the pool is too large
+            per_slot = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in manifest.state)
+            raise JrtcError(
+                f"a state pool of {max_batch} sequences needs {max_batch * per_slot / 2**30:.3g} GiB, "
+                "more than this machine can allocate: pass a smaller max_batch"
+            ) from None
         self.bytes_per_sequence = sum(s.nbytes for s in self.states) // max_batch
 
     def reset(self, slots: slice) -> None:
@@ -76,11 +83,19 @@ def load(model_path: Path, manifest: Manifest) -> OnnxRuntimeBackend:
         raise JrtcError(
             f"{model_path} is corrupted: ONNX Runtime cannot load it ({first_line(exc)})"
         ) from None
-    have_in = [i.name for i in session.get_inputs()]
-    have_out = [o.name for o in session.get_outputs()]
-    if sorted(have_in) != sorted(manifest.inputs) or sorted(have_out) != sorted(manifest.outputs):
-        raise JrtcError(
-            f"{model_path} does not match its jrtc.json: graph inputs {have_in}, outputs {have_out}; "
-            f"expected inputs {manifest.inputs}, outputs {manifest.outputs}"
-        )
+    manifest.check_graph(
+        model_path,
+        [_graph_tensor(i) for i in session.get_inputs()],
+        [_graph_tensor(o) for o in session.get_outputs()],
+    )
     return OnnxRuntimeBackend(session, manifest)
+
+
+# ONNX Runtime's type strings for the dtypes an engine's inputs and outputs use.
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
+
+
+def _graph_tensor(arg: Any) -> GraphTensor:
+    """An ONNX Runtime ``NodeArg`` as a :class:`GraphTensor` (symbolic dimensions become None)."""
+    dtype = np.dtype(_ORT_DTYPES.get(arg.type, "void"))
+    return GraphTensor(arg.name, tuple(d if isinstance(d, int) else None for d in arg.shape), dtype)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from jrtc.runtime.sampling import Draw, mix32, seed_key
+from jrtc.errors import JrtcError
+from jrtc.runtime.sampling import NONFINITE_LOGITS, Draw, mix32, seed_key
 
 
 def _thresholds(scaled: torch.Tensor, draws: Sequence[Draw]) -> torch.Tensor:
@@ -37,18 +38,23 @@ def _thresholds(scaled: torch.Tensor, draws: Sequence[Draw]) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, draws: Sequence[Draw]) -> list[int]:
-    """One token id per row of ``logits [B, vocab]`` (the real vocabulary)."""
-    greedy = logits.argmax(dim=-1)
+    """One token id per row of ``logits [vocab]`` rows (the real vocabulary)."""
+    tokens = logits.argmax(dim=-1)
     temperature = [d.params.temperature for d in draws]
-    if not any(temperature):
-        return greedy.tolist()
     device = logits.device
-    temperatures = torch.tensor([t or 1.0 for t in temperature], dtype=torch.float64, device=device)
-    scaled = logits.double() / temperatures[:, None]
-    keep = scaled >= _thresholds(scaled, draws)[:, None]
-    keys = torch.tensor([seed_key(d.seed, d.index) for d in draws], dtype=torch.int64, device=device)
-    hashed = mix32(keys[:, None] ^ torch.arange(scaled.shape[1], dtype=torch.int64, device=device))
-    gumbel = -torch.log(-torch.log((hashed.double() + 0.5) / 2**32))
-    choice = torch.where(keep, scaled + gumbel, float("-inf")).argmax(dim=-1)
-    sampled = torch.tensor([t > 0 for t in temperature], device=device)
-    return torch.where(sampled, choice, greedy).tolist()
+    if any(temperature):
+        # As the host's scale(): the maximum out first, so a tiny temperature is greedy, not NaN.
+        shifted = logits.double() - logits.max(dim=-1, keepdim=True).values.double()
+        temperatures = torch.tensor([t or 1.0 for t in temperature], dtype=torch.float64, device=device)
+        scaled = shifted / temperatures[:, None]
+        keep = scaled >= _thresholds(scaled, draws)[:, None]
+        keys = torch.tensor([seed_key(d.seed, d.index) for d in draws], dtype=torch.int64, device=device)
+        hashed = mix32(keys[:, None] ^ torch.arange(scaled.shape[1], dtype=torch.int64, device=device))
+        gumbel = -torch.log(-torch.log((hashed.double() + 0.5) / 2**32))
+        choice = torch.where(keep, scaled + gumbel, float("-inf")).argmax(dim=-1)
+        tokens = torch.where(torch.tensor([t > 0 for t in temperature], device=device), choice, tokens)
+    # Rows with NaN or infinite logits come back as -1: the check rides on the one transfer of the ids.
+    ids = torch.where(torch.isfinite(logits).all(dim=-1), tokens, -1).tolist()
+    if -1 in ids:
+        raise JrtcError(NONFINITE_LOGITS)
+    return ids
