@@ -225,6 +225,8 @@ def bench(engines: Path, log: Log) -> dict[str, Any]:
         "decode": {},
     }
     pool = engine.backend.new_pool(max(DECODE_BATCHES))
+    out["decode_cuda_graphs"] = pool.graph_error or "captured"
+    log(f"  decode CUDA graphs: {out['decode_cuda_graphs']}")
     for batch, length in PREFILL_SHAPES:
         row = out["prefill"][f"B={batch} L={length}"] = _prefill_row(pool, model, batch, length, mm_rate)
         log(

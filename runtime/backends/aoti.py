@@ -13,6 +13,8 @@ sequences fill the lowest slots), so what the graph computes there is never read
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,8 +95,18 @@ class AotiPool:
             for s in manifest.state
         ]
         self.bytes_per_sequence = sum(s.nbytes for s in self.states) // max_batch
-        self._graphs = DecodeGraphs(backend.decode, self.states, max_batch) if backend.cuda_graphs else None
-        if self._graphs is not None:
+        self._graphs = None
+        self.graph_error: str | None = (
+            None  # why decode runs without CUDA graphs on a CUDA device, if it does
+        )
+        if backend.cuda_graphs:
+            try:
+                self._graphs = DecodeGraphs(backend.decode, self.states, max_batch)
+            except RuntimeError as exc:  # capture refused (a library call that cannot be captured, say)
+                self.graph_error = first_line(exc)
+                warnings.warn(
+                    f"decode runs without CUDA graphs: {self.graph_error}", RuntimeWarning, stacklevel=2
+                )
             self.reset(slice(0, max_batch))  # the warm-up ran on these rows
 
     def reset(self, slots: slice) -> None:
@@ -184,4 +196,6 @@ def load(engine_file: Path, manifest: Manifest) -> AotiBackend:
         raise JrtcError(
             f"{engine_file} is corrupted: AOTInductor cannot load it ({first_line(exc)})"
         ) from None
-    return AotiBackend(manifest, device, prefill, decode, cuda_graphs=device == "cuda")
+    # JRTC_CUDA_GRAPHS=0 turns the decode graphs off (to compare, or to debug a capture).
+    graphs = device == "cuda" and os.environ.get("JRTC_CUDA_GRAPHS", "1") != "0"
+    return AotiBackend(manifest, device, prefill, decode, cuda_graphs=graphs)
