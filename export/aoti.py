@@ -24,6 +24,7 @@ from torch import nn
 
 from jrtc.errors import JrtcError
 from jrtc.export.step_graph import StepGraph
+from jrtc.layers import PrefixLinearAttention
 from jrtc.model import JRTModel
 
 PACKAGE = "model.pt2"
@@ -97,6 +98,25 @@ def _example(model: JRTModel, device: torch.device, batch: int, length: int) -> 
     return ids, positions, torch.zeros(batch, dtype=torch.int64, device=device), state
 
 
+@contextlib.contextmanager
+def _continuing(model: JRTModel) -> Iterator[None]:
+    """Trace the decode program without the PLA encoder: a call of one token never starts a sequence when
+    the encoder is longer than one token (the first call holds the whole encoder), so there it would only
+    add a zero state, at the cost of a pass over the whole PLA state per step."""
+    mixers = [
+        block.mixer
+        for block in model.transformer.layers
+        if isinstance(block.mixer, PrefixLinearAttention) and block.mixer.enc_length > 1
+    ]
+    for mixer in mixers:
+        mixer.starts_sequences = False
+    try:
+        yield
+    finally:
+        for mixer in mixers:
+            mixer.starts_sequences = True
+
+
 def export_program(
     model: JRTModel, name: str, max_batch: int, max_prompt_len: int
 ) -> torch.export.ExportedProgram:
@@ -117,7 +137,8 @@ def export_program(
         "num_pad": {0: batch_dim},
         "state": state_dims,
     }
-    with torch.no_grad():
+    tracing = _continuing(model) if name == "decode" else contextlib.nullcontext()
+    with torch.no_grad(), tracing:
         return torch.export.export(
             InPlaceStep(model).eval(), args, dynamic_shapes=dynamic_shapes, strict=False
         )

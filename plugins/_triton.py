@@ -30,6 +30,12 @@ def dot_precision(v: torch.Tensor) -> str:
     return "tf32x3" if v.device.type == "cuda" else "ieee"
 
 
+def symbolic(*sizes: object) -> bool:
+    """Whether any of ``sizes`` is symbolic (torch.export, AOTInductor): then a launch heuristic that reads
+    it would turn into a guard on the program's shapes, so the launch code takes a fixed choice instead."""
+    return any(isinstance(size, torch.SymInt) for size in sizes)
+
+
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """Common dtype of the activations; the kernels' dots run in it (fp32 dots in full IEEE precision)."""
     dtype = tensors[0].dtype

@@ -176,6 +176,32 @@ def test_device_sampler_draws_the_host_samplers_tokens(seed: int) -> None:
         assert torch_sampling.sample(torch.from_numpy(logits), draws) == host
 
 
+def test_kernel_programs_trace_with_their_full_shape_ranges() -> None:
+    """The cuda target's programs (the model with the Triton kernels), traced here with the kernels run by the
+    interpreter: the kernel ops stay whole in the graph, and their launch code adds no guard on B or L (a
+    heuristic reading a shape would have narrowed the ranges or failed the export)."""
+    from jrtc.checkpoint import load_checkpoint
+    from jrtc.export.aoti import export_program
+
+    model = load_checkpoint(CHECKPOINT, use_kernels=True)
+    kernels = {"jrtc.pla_encode.default", "jrtc.pla_causal.default", "jrtc.sliding_window_attention.default"}
+    programs = [
+        ("prefill", [(1, 4), (2, 160)], kernels),
+        ("decode", [(1, 4)], kernels - {"jrtc.pla_encode.default"}),
+    ]
+    for name, ranges, expected_ops in programs:
+        program = export_program(model, name, max_batch=4, max_prompt_len=160)
+        assert sorted((r.lower, r.upper) for r in program.range_constraints.values()) == ranges
+        ops = {str(node.target) for node in program.graph.nodes if str(node.target).startswith("jrtc.")}
+        assert ops == expected_ops  # decode continues sequences: no encoder
+    pla = [
+        block.mixer
+        for block in model.transformer.layers
+        if block.mixer.__class__.__name__ == "PrefixLinearAttention"
+    ]
+    assert pla and all(mixer.starts_sequences for mixer in pla)
+
+
 def test_cpu_runtime_loads_torch_only_for_aoti(engines: dict[str, dict[str, Path]]) -> None:
     code = f"""
 import sys

@@ -31,6 +31,8 @@ class PrefixLinearAttention(nn.Module):
             self.proj_v_enc = nn.Linear(d_model, d_model, bias=False)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
         self.ops: ModuleType = naive
+        # False when every call continues a sequence (an engine's decode program): the encoder is skipped.
+        self.starts_sequences = True
 
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {
@@ -52,7 +54,7 @@ class PrefixLinearAttention(nn.Module):
         k = self._heads(self.proj_k(x), self.feature_dim)
         v = self._heads(self.proj_v(x), self.head_dim)
         kv, z = state["kv"], state["z"]
-        if self.enc_length > 0:
+        if self.enc_length > 0 and self.starts_sequences:
             # Computed for every row and kept only where the sequence starts in this call (pos == 0), so
             # one graph serves first calls, continuations and mixed batches alike. The encoder op reads
             # the first enc_length tokens itself: no slice whose length depends on L (see naive).

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import check_runnable, compute_dtype, dot, dot_precision, launcher, num_sms
+from .._triton import check_runnable, compute_dtype, dot, dot_precision, launcher, num_sms, symbolic
 from . import naive
 from ._common import (
     EXPANDED_DIM,
@@ -408,11 +408,11 @@ def _num_segments(programs: int, length: int, chunk: int, device: torch.device, 
     per SM (what stays resident at the kernel's register use), keeping each segment at least
     ``min_chunks`` chunks long. On an H200, B=1 H=16 T=32k: 16 segments 0.70 ms, 17 segments 1.02 ms.
 
-    Under torch.export the shapes are symbolic and a data-dependent choice of code path would become a
-    guard on them, so exported programs take the unsplit path.
+    With symbolic shapes (torch.export, AOTInductor) the choice of code path would become a guard on them,
+    so compiled programs take the unsplit path.
     """
     sms = num_sms(device)
-    if torch.compiler.is_exporting() or programs >= sms:
+    if symbolic(programs, length) or programs >= sms:
         return 1
     want = (2 * sms) // programs  # rounded down: a few programs past two per SM would make a second wave
     most = max(1, length // (min_chunks * chunk))

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import check_runnable, compute_dtype, launcher, num_sms
+from .._triton import check_runnable, compute_dtype, launcher, num_sms, symbolic
 from ._common import (
     EXPANDED_DIM,
     FEATURE_DIM,
@@ -96,10 +96,10 @@ def _pla_decode_kernel(
 def _block_v(dv: int, programs_per_tile: int, device: torch.device) -> int:
     """Value columns per program: 64 (256-byte rows), halved down to 16 while that leaves the GPU with fewer
     than ~4 programs per SM (a small batch). On an H200 at B=64 the block size and warps changed the time
-    by under 10% (benchmarks/results/decode_kernels-h200.json, "sweep"). Under torch.export the batch is
-    symbolic and the loop would become guards on it: exported programs take the large-batch choice, 64."""
+    by under 10% (benchmarks/results/decode_kernels-h200.json, "sweep"). With a symbolic batch (torch.export,
+    AOTInductor) the loop would become guards on it: compiled programs take the large-batch choice, 64."""
     bv = 64
-    if torch.compiler.is_exporting():
+    if symbolic(programs_per_tile):
         return bv
     while bv > 16 and triton.cdiv(dv, bv) * programs_per_tile < 4 * num_sms(device):
         bv //= 2
