@@ -13,8 +13,6 @@ length, pad id, ...), so ``cpp/`` reads no JSON.
 from __future__ import annotations
 
 import contextlib
-import logging
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from jrtc.errors import JrtcError
+from jrtc.export import muted
 from jrtc.export.step_graph import StepGraph
 from jrtc.layers import PrefixLinearAttention
 from jrtc.model import JRTModel
@@ -144,22 +143,6 @@ def export_program(
         )
 
 
-@contextlib.contextmanager
-def _quiet_compiler() -> Iterator[None]:
-    """Inductor's warnings and log lines (deprecations, cache notes) are not the user's business."""
-    loggers = [logging.getLogger(name) for name in ("torch._inductor", "torch._export", "torch.export")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
 def build_package(
     model: JRTModel,
     path: Path,
@@ -181,7 +164,7 @@ def build_package(
         "aot_inductor.check_lowerbound": False,
     }
     compiled = {}
-    with _quiet_compiler():
+    with muted("torch._inductor", "torch._export", "torch.export"):
         for name in PROGRAMS:
             progress(f"torch.export: {name} program")
             program = export_program(model, name, max_batch, max_prompt_len)

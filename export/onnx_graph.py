@@ -10,8 +10,6 @@ standard-op bodies (``onnx_functions``) are attached afterwards.
 from __future__ import annotations
 
 import contextlib
-import logging
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import onnx_ir as ir
 import torch
 
 from jrtc.errors import JrtcError
-from jrtc.export import onnx_functions
+from jrtc.export import muted, onnx_functions
 from jrtc.export.onnx_functions import DOMAIN, OPSET
 from jrtc.export.step_graph import StepGraph, io_names
 from jrtc.layers import BaseConv, PrefixLinearAttention, SlidingWindowAttention
@@ -135,20 +133,6 @@ def _graph_cores(model: JRTModel) -> Iterator[None]:
             setattr(mixer, name, core)
 
 
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Mute the exporter's warnings and log lines (deprecations, missing torchvision): not the user's business."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def trace_step_graph(model: JRTModel) -> ir.Model:
     """The step graph with its ``jrtc`` functions attached, as an in-memory ONNX IR model."""
     if model.lm_head.weight.dtype != torch.float32:
@@ -171,7 +155,7 @@ def trace_step_graph(model: JRTModel) -> ir.Model:
         "state": [{0: b} for _ in state],
     }
     input_names, output_names = io_names(model)
-    with _graph_cores(model), torch.no_grad(), _quiet_exporter():
+    with _graph_cores(model), torch.no_grad(), muted("torch.onnx"):
         program = torch.onnx.export(
             graph,
             args,

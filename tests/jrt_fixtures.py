@@ -180,3 +180,14 @@ def one_line_error(call: Callable[[], object], *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in message, message
     return message
+
+
+def export_with_cli(checkpoint: Path, out: Path, options: list[str]) -> None:
+    """``jrtc export CHECKPOINT -o OUT --tokenizer bytes OPTIONS``, as a user would run it; must succeed."""
+    from click.testing import CliRunner
+
+    from jrtc.cli import main
+
+    args = ["export", str(checkpoint), "-o", str(out), "--tokenizer", "bytes", "--quiet", *options]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from jrt_fixtures import hf_config, random_state_dict, write_hf_checkpoint
+from jrt_fixtures import export_with_cli, hf_config, random_state_dict, write_hf_checkpoint
 from pool_wrappers import recording
 
 from jrtc.cli import main
@@ -47,12 +47,6 @@ MODELS = {
 }
 
 
-def _export(checkpoint: Path, out: Path, options: list[str]) -> None:
-    args = ["export", str(checkpoint), "-o", str(out), "--tokenizer", "bytes", "--quiet", *options]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-
-
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
     """name -> {"onnx": engine dir, "aoti": engine dir}, both exported from the same checkpoint."""
@@ -66,7 +60,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Pat
             checkpoint = write_hf_checkpoint(root / f"{name}-ckpt", hf, random_state_dict(hf, seed=3))
         out[name] = {}
         for fmt in ("onnx", "aoti"):
-            _export(checkpoint, root / f"{name}-{fmt}", [*options, "--format", fmt])
+            export_with_cli(checkpoint, root / f"{name}-{fmt}", [*options, "--format", fmt])
             out[name][fmt] = root / f"{name}-{fmt}"
     return out
 

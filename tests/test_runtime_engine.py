@@ -20,7 +20,7 @@ import psutil
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from jrt_fixtures import hf_config, random_state_dict, write_hf_checkpoint
+from jrt_fixtures import export_with_cli, hf_config, random_state_dict, write_hf_checkpoint
 from pool_wrappers import PoolWrapper, Recorder, recording
 from tokenizers import Tokenizer
 
@@ -75,13 +75,6 @@ MODELS = {
 }
 
 
-def _export(checkpoint: Path, out: Path, options: list[str]) -> None:
-    result = CliRunner().invoke(
-        main, ["export", str(checkpoint), "--target", "cpu", "-o", str(out), "--tokenizer", "bytes", *options]
-    )
-    assert result.exit_code == 0, result.output
-
-
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
     root = tmp_path_factory.mktemp("engines")
@@ -93,7 +86,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
             hf = hf_config(**hf_options)
             hf["eos_token_id"] = 10 if name == "random-jrt" else None
             checkpoint = write_hf_checkpoint(root / f"{name}-ckpt", hf, random_state_dict(hf, seed))
-        _export(checkpoint, root / name, options)
+        export_with_cli(checkpoint, root / name, options)
         out[name] = Exported(name, checkpoint, root / name, load_checkpoint(checkpoint))
     return out
 
