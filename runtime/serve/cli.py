@@ -100,11 +100,12 @@ def serve_command(
         from jrtc.runtime.serve import app
     except ImportError as exc:
         raise _needs("serve", exc) from None
+    autoscaling_config = _autoscaling(autoscaling)
     if use_ray:
         try:
-            import ray.serve  # noqa: F401
-
             from jrtc.runtime.serve import ray_serve
+
+            ray_serve.import_ray(local_cluster=address is None)
         except ImportError as exc:
             raise _needs("ray", exc) from None
         ray_serve.serve_on_ray(
@@ -115,7 +116,7 @@ def serve_command(
             max_queue=max_queue,
             model_name=model_name or app.model_name_of(engine),
             replicas=replicas,
-            autoscaling=_autoscaling(autoscaling),
+            autoscaling=autoscaling_config,
             address=address,
             shutdown_timeout=shutdown_timeout,
             quiet=quiet,

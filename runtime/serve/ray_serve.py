@@ -104,6 +104,19 @@ def app_builder(args: dict[str, str]) -> Any:
     )
 
 
+def import_ray(local_cluster: bool) -> None:
+    """Import Ray Serve (ImportError if it is not installed) after setting what Ray reads at import.
+
+    A cluster that jrtc starts itself is for this machine alone: its processes talk over the loopback
+    interface (Ray otherwise binds them to the machine's network address), and none reports usage
+    statistics. Both settings give way to the caller's environment.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if local_cluster:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # 0: local Ray only, on 127.0.0.1
+    import ray.serve  # noqa: F401
+
+
 def serve_on_ray(
     engine_path: Path,
     *,
@@ -118,16 +131,12 @@ def serve_on_ray(
     shutdown_timeout: float,
     quiet: bool,
 ) -> None:
-    """Run the deployment until SIGTERM or Ctrl-C, on a new local Ray cluster or the one at ``address``.
+    """Run the deployment until SIGTERM or Ctrl-C, on a new local Ray cluster or the one at ``address``
+    (call :func:`import_ray` first).
 
     A cluster started here is shut down at the end (``serve.shutdown()``, then ``ray.shutdown()``); on a
     joined cluster only this app is deleted. Never ``ray stop``: it stops every cluster on the machine.
     """
-    # Read by Ray when it is imported. A cluster started here is for this machine alone: its processes
-    # talk over the loopback interface, and it reports no usage statistics.
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address is None:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # 0: local Ray only, on 127.0.0.1
     import logging
 
     import ray
