@@ -491,3 +491,32 @@ def test_ray_serve_replicas_answer_with_the_same_tokens(engine: Path, tmp_path: 
         "Ray's processes to exit",
     )
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_ray_application_passes_options_through(engine: Path) -> None:
+    from ray import serve
+
+    from jrtc.errors import JrtcError
+    from jrtc.runtime.serve.ray_serve import app_builder, deployment
+
+    def config(app: serve.Application):  # what Ray will deploy
+        return app._bound_deployment._deployment_config
+
+    app = app_builder({"engine": str(engine), "replicas": "3", "max_queue": "0"})
+    assert isinstance(app, serve.Application)
+    assert (config(app).num_replicas, config(app).max_ongoing_requests) == (3, SLOTS)
+    scaled = deployment(
+        engine, autoscaling={"min_replicas": 1, "max_replicas": 5, "target_ongoing_requests": 6}
+    )
+    autoscaling = config(scaled).autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (
+        1,
+        5,
+        6,
+    )
+    with pytest.raises(JrtcError, match=r"autoscaling_config: .*max_replicas \(2\) must be greater"):
+        deployment(engine, autoscaling={"min_replicas": 5, "max_replicas": 2})
+    with pytest.raises(JrtcError, match="app_builder takes engine=DIR"):
+        app_builder({"engine": str(engine), "replica": "2"})
+    with pytest.raises(JrtcError, match="engine not found"):
+        app_builder({"engine": str(engine / "missing")})

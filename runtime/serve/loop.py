@@ -12,6 +12,7 @@ This is the shape of vLLM's engine client: one background loop, per-request queu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -105,14 +106,13 @@ class EngineLoop:
         """Cancel what still runs, let the current step end, and stop; open handlers get EngineStopped."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
+        # A step running when the task was cancelled ends on the worker thread before the session is touched.
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
         for request, client in self._clients.items():
             self.session.cancel(request)
             client.tokens.put_nowait(EngineStopped("the server is shutting down"))
-        self._executor.shutdown(wait=True)
 
     def request(self, prompt: object, params: object) -> Request:
         """Tokenize a prompt into a request (pure: it does not touch the session's state)."""

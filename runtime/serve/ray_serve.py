@@ -21,6 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from jrtc.errors import JrtcError
 from jrtc.runtime.engine import Engine
 from jrtc.runtime.serve.app import build_app, model_name_of
@@ -75,8 +77,10 @@ def deployment(
         options["graceful_shutdown_timeout_s"] = shutdown_timeout
     try:
         return serve.deployment(JrtcReplica, **options).bind()
-    except (TypeError, ValueError) as exc:  # Ray's own check of the options (pydantic errors are ValueErrors)
-        raise JrtcError(f"Ray Serve refused the deployment options: {str(exc).splitlines()[0]}") from None
+    except ValidationError as exc:  # Ray's own check of the options
+        error = exc.errors()[0]
+        where = ".".join(map(str, error["loc"]))
+        raise JrtcError(f"Ray Serve refused the deployment options: {where}: {error['msg']}") from None
 
 
 def app_builder(args: dict[str, str]) -> Any:
@@ -97,7 +101,7 @@ def app_builder(args: dict[str, str]) -> Any:
     return deployment(
         args["engine"],
         max_batch=number("max_batch"),
-        max_queue=number("max_queue") or DEFAULT_MAX_QUEUE,
+        max_queue=DEFAULT_MAX_QUEUE if "max_queue" not in args else int(args["max_queue"]),
         model_name=args.get("model_name"),
         replicas=number("replicas"),
         autoscaling=json.loads(args["autoscaling"]) if "autoscaling" in args else None,
