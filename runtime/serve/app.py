@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -116,7 +116,7 @@ def _usage(request: Request) -> Usage:
     )
 
 
-async def _collect(tokens: AsyncIterator[Token]) -> tuple[list[int], str, str | None]:
+async def _collect(tokens: AsyncGenerator[Token, None]) -> tuple[list[int], str, str | None]:
     ids, texts, finish = [], [], None
     async with aclosing(tokens):
         async for token in tokens:
@@ -131,7 +131,7 @@ def _sse(data: str) -> str:
 
 
 async def _events(
-    first: Token, tokens: AsyncIterator[Token], request: Request, body: CompletionRequest, model: str
+    first: Token, tokens: AsyncGenerator[Token, None], request: Request, body: CompletionRequest, model: str
 ) -> AsyncIterator[str]:
     """One OpenAI completion chunk per token (its text may be empty: bytes of a character still to
     come), the usage chunk if asked for, then ``[DONE]``."""

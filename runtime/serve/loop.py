@@ -16,11 +16,13 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from jrtc.errors import JrtcError
+from jrtc.runtime.prompt import Prompt
+from jrtc.runtime.sampling import SamplingParams
 from jrtc.runtime.serve.metrics import Metrics
 from jrtc.runtime.session import Request, Session, Token
 
@@ -114,11 +116,11 @@ class EngineLoop:
             self.session.cancel(request)
             client.tokens.put_nowait(EngineStopped("the server is shutting down"))
 
-    def request(self, prompt: object, params: object) -> Request:
+    def request(self, prompt: str | Prompt | Sequence[int], params: SamplingParams) -> Request:
         """Tokenize a prompt into a request (pure: it does not touch the session's state)."""
-        return self.session.request(prompt, params)  # type: ignore[arg-type]
+        return self.session.request(prompt, params)
 
-    async def generate(self, request: Request) -> AsyncIterator[Token]:
+    async def generate(self, request: Request) -> AsyncGenerator[Token, None]:
         """Admit ``request`` and yield its tokens; leaving early (close, cancellation) cancels it.
 
         Raises :class:`QueueFull` at once when every slot is taken and ``max_queue`` requests wait, and the

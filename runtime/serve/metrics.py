@@ -40,26 +40,19 @@ class Metrics:
             state_pool_bytes
         )
         Gauge("jrtc_state_pool_slots", "Sequences the state pool holds", registry=registry).set(slots)
-        self.time_to_first_token = Histogram(
-            "jrtc_time_to_first_token_seconds",
-            "From admission to the first token (queue wait and prefill)",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+
+        def latency(name: str, documentation: str) -> Histogram:
+            return Histogram(name, documentation, buckets=LATENCY_BUCKETS, registry=registry)
+
+        self.time_to_first_token = latency(
+            "jrtc_time_to_first_token_seconds", "From admission to the first token (queue wait and prefill)"
         )
-        self.prefill = Histogram(
-            "jrtc_prefill_seconds", "Prefill of one prompt", buckets=LATENCY_BUCKETS, registry=registry
+        self.prefill = latency("jrtc_prefill_seconds", "Prefill of one prompt")
+        self.decode_step = latency(
+            "jrtc_decode_step_seconds", "Engine steps that only decoded: one token for every active sequence"
         )
-        self.decode_step = Histogram(
-            "jrtc_decode_step_seconds",
-            "Engine steps that only decoded: one token for every active sequence",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.request_seconds = Histogram(
-            "jrtc_request_seconds",
-            "From admission to the last token, of finished requests",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+        self.request_seconds = latency(
+            "jrtc_request_seconds", "From admission to the last token, of finished requests"
         )
         self._window_start: float | None = None
         self._window_tokens = 0
