@@ -14,6 +14,7 @@ import click
 
 from jrtc.errors import JrtcError
 from jrtc.runtime.engine import Engine
+from jrtc.runtime.serve import DEFAULT_MAX_QUEUE
 
 
 def _needs(extra: str, exc: ImportError) -> JrtcError:
@@ -48,7 +49,7 @@ def _autoscaling(text: str | None) -> dict[str, Any] | None:
 @click.option(
     "--max-queue",
     type=click.IntRange(min=0),
-    default=128,
+    default=DEFAULT_MAX_QUEUE,
     show_default=True,
     help="Requests that may wait for a slot; past that the server answers 429.",
 )

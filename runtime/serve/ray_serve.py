@@ -25,11 +25,11 @@ from pydantic import ValidationError
 
 from jrtc.errors import JrtcError
 from jrtc.runtime.engine import Engine
+from jrtc.runtime.serve import DEFAULT_MAX_QUEUE
 from jrtc.runtime.serve.app import build_app, model_name_of
 from jrtc.runtime.session import Session
 
 APP_NAME = "jrtc"
-DEFAULT_MAX_QUEUE = 128
 
 
 def open_session(engine_path: str, max_batch: int | None) -> Session:
