@@ -1,12 +1,13 @@
 """Load on ``jrtc serve`` over loopback, next to the same load through one in-process ``Session``.
 
-    python benchmarks/serve_load.py [--clients 1,16,64] [--tokens 64] [--requests 4] [--rounds 3]
+    python benchmarks/serve_load.py [--clients 1,16,64] [--tokens 64] [--requests 64] [--rounds 3]
                                     [--max-batch 64] [--out PATH] [--quiet]
 
 The built-in example is exported with ``--max-batch`` slots into a temporary directory and served by
-``jrtc serve`` in a subprocess on 127.0.0.1. At each level, that many clients stream concurrently, each
-sending ``--requests`` greedy completions of ``--tokens`` tokens one after another (JRT-Prompts of the
-example's recall task, a different one per request), for ``--rounds`` rounds. Every request must
+``jrtc serve`` in a subprocess on 127.0.0.1. At each level, that many clients stream concurrently, and
+a round is ``--requests`` greedy completions of ``--tokens`` tokens split evenly over them, each client
+sending its share one after another (JRT-Prompts of the example's recall task, a different one per
+request); one warm-up round, then ``--rounds`` measured rounds. Every request must
 complete with the tokens of the sequential greedy run (one ``Session`` of one slot), and the server's
 RSS is sampled after every round. The baseline runs the same requests through one in-process
 ``Session`` of the same size (submit, step; a client's next request is submitted when its previous one
@@ -41,7 +42,6 @@ import psutil
 
 from jrtc.example import CHECKPOINT, SETTINGS
 from jrtc.example.recall_task import make_example
-from jrtc.export.build import export_engine
 from jrtc.runtime import Engine, SamplingParams, build_prompt
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
@@ -215,29 +215,45 @@ def environment() -> dict[str, Any]:
     }
 
 
+def export_example(engine_dir: Path, max_batch: int) -> None:
+    """``jrtc export`` in a subprocess: torch (which export needs) stays out of this process, where the
+    in-process baseline runs."""
+    command = [sys.executable, "-m", "jrtc.cli", "export", str(CHECKPOINT), "--target", "cpu", "--quiet"]
+    command += ["--tokenizer", "bytes", "--max-batch", str(max_batch), "-o", str(engine_dir)]
+    subprocess.run(command, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--clients", default="1,16,64", help="concurrent clients per level")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per request")
-    parser.add_argument("--requests", type=int, default=4, help="requests per client per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=64,
+        help="requests per round, split evenly over the clients (at least 1 each)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measured rounds per level, after one warm-up round"
+    )
     parser.add_argument("--max-batch", type=int, default=64, help="the engine's slots (the server's too)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     levels = [int(n) for n in args.clients.split(",")]
+    per_client = {n: max(1, args.requests // n) for n in levels}
     greedy = SamplingParams(temperature=0.0, max_new_tokens=args.tokens, stop_on_eos=False)
     load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory() as tmp:
         engine_dir = Path(tmp) / "recall"
         log(args.quiet, f"exporting {CHECKPOINT.name} with {args.max_batch} slots")
-        export_engine(CHECKPOINT, engine_dir, "cpu", max_batch=args.max_batch, tokenizer="bytes")
+        export_example(engine_dir, args.max_batch)
         engine = Engine.load(engine_dir)
 
-        tasks = contexts(max(levels) * args.requests)
+        tasks = contexts(max(n * per_client[n] for n in levels))
         prompts = [build_prompt(context, question) for context, question in tasks]
         log(args.quiet, f"sequential greedy run of {len(prompts)} prompts (the expected tokens)")
         alone = engine.session(max_batch=1)
@@ -250,40 +266,42 @@ def main() -> None:
         try:
             for n in levels:
                 # Client c sends prompts c, c + n, c + 2n, ...: every request of a round differs.
-                picks = [[c + n * r for r in range(args.requests)] for c in range(n)]
+                picks = [[c + n * r for r in range(per_client[n])] for c in range(n)]
+                request = {
+                    "max_tokens": args.tokens,
+                    "temperature": 0,
+                    "stream": True,
+                    "return_token_ids": True,
+                }
                 bodies = [
-                    [
-                        (
-                            {"prompt": tasks[i][0], "question": tasks[i][1], "max_tokens": args.tokens}
-                            | {"temperature": 0, "stream": True, "return_token_ids": True},
-                            expected[i],
-                        )
-                        for i in mine
-                    ]
+                    [({"prompt": tasks[i][0], "question": tasks[i][1]} | request, expected[i]) for i in mine]
                     for mine in picks
                 ]
                 baseline_jobs = [[(prompts[i], expected[i]) for i in mine] for mine in picks]
                 server_rounds, session_rounds, rss = [], [], []
-                for r in range(args.rounds):
+                for r in range(-1, args.rounds):  # round -1 warms up (checked, not reported)
                     measured, wrong = asyncio.run(server_round(url, bodies))
-                    server_rounds.append(measured)
-                    rss.append(server.memory_info().rss / 2**20)
                     baseline, wrong_baseline = session_round(engine, args.max_batch, greedy, baseline_jobs)
-                    session_rounds.append(baseline)
                     failures += wrong + wrong_baseline
+                    if r >= 0:
+                        server_rounds.append(measured)
+                        session_rounds.append(baseline)
+                        rss.append(server.memory_info().rss / 2**20)
                     log(
                         args.quiet,
-                        f"{n:>3} clients, round {r}: server {measured.summary()['tokens_per_s']:.0f} tok/s, "
+                        f"{n:>3} clients, {'warm-up' if r < 0 else f'round {r}'}: "
+                        f"server {measured.summary()['tokens_per_s']:.0f} tok/s, "
                         f"session {baseline.summary()['tokens_per_s']:.0f} tok/s, "
-                        f"RSS {rss[-1]:.1f} MiB, {wrong + wrong_baseline} mismatched",
+                        f"RSS {server.memory_info().rss / 2**20:.1f} MiB, {wrong + wrong_baseline} mismatched",
                     )
                 results.append(
                     {
                         "clients": n,
-                        "requests_per_round": n * args.requests,
+                        "requests_per_round": n * per_client[n],
                         "server": median_of(server_rounds),
                         "session": median_of(session_rounds),
                         "server_rounds": [x.summary() for x in server_rounds],
+                        "session_rounds": [x.summary() for x in session_rounds],
                         "server_rss_mib_after_each_round": rss,
                         "server_rss_growth_mib": rss[-1] - rss[0],
                     }

@@ -484,8 +484,8 @@ def test_ray_serve_replicas_answer_with_the_same_tokens(engine: Path, tmp_path: 
     ]
     port = _free_port()
     log = tmp_path / "ray.log"
-    # A local cluster of this machine only (127.0.0.1); 2 replicas of 2 slots. Measured here: about 25 s
-    # from start to the first answer.
+    # A local cluster of this machine only (127.0.0.1); 2 replicas of 2 slots. Measured on the shared
+    # 2-core machine: 10-13 s from the command to the first answer, 7 s to shut down; 25 s in all.
     with serving(
         engine, log, "--ray", "--replicas", "2", "--max-batch", "2", port=port, start_s=180
     ) as server:
