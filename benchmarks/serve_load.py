@@ -205,9 +205,18 @@ def session_round(
     return Round(wall, ttfts, tokens, sum(map(len, jobs))), mismatches
 
 
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+
 def environment() -> dict[str, Any]:
     return {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores ({platform.processor() or 'unknown cpu'})",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_model()}",
+        "note": "the load generator, the server and the baseline share these cores (and other jobs do)",
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {p: version(p) for p in ("onnxruntime", "fastapi", "uvicorn", "httpx", "numpy")},
