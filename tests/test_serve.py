@@ -528,7 +528,7 @@ def test_ray_application_passes_options_through(engine: Path) -> None:
 
     app = app_builder({"engine": str(engine), "replicas": "3", "max_queue": "0"})
     assert isinstance(app, serve.Application)
-    assert (config(app).num_replicas, config(app).max_ongoing_requests) == (3, SLOTS)
+    assert (config(app).num_replicas, config(app).max_ongoing_requests) == (3, SLOTS + 1)
     scaled = deployment(
         engine, autoscaling={"min_replicas": 1, "max_replicas": 5, "target_ongoing_requests": 6}
     )

@@ -102,6 +102,7 @@ def serve_command(
     except ImportError as exc:
         raise _needs("serve", exc) from None
     autoscaling_config = _autoscaling(autoscaling)
+    name = model_name or app.model_name_of(engine)
     if use_ray:
         try:
             from jrtc.runtime.serve import ray_serve
@@ -115,7 +116,7 @@ def serve_command(
             port=port,
             max_batch=max_batch,
             max_queue=max_queue,
-            model_name=model_name or app.model_name_of(engine),
+            model_name=name,
             replicas=replicas,
             autoscaling=autoscaling_config,
             address=address,
@@ -129,7 +130,7 @@ def serve_command(
         host=host,
         port=port,
         max_queue=max_queue,
-        model_name=model_name or app.model_name_of(engine),
+        model_name=name,
         shutdown_timeout=shutdown_timeout,
         quiet=quiet,
     )

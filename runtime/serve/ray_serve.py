@@ -66,8 +66,9 @@ def deployment(
 
     options: dict[str, Any] = {
         "name": APP_NAME,
-        # Ray routes no more to a replica than its slots and queue take, and queues the rest itself.
-        "max_ongoing_requests": slots + max_queue,
+        # One more than a replica's slots and queue hold: when every replica is full, the next request
+        # still reaches one and gets its 429 at once, rather than waiting in Ray's own queue.
+        "max_ongoing_requests": slots + max_queue + 1,
     }
     if autoscaling is not None:
         options["autoscaling_config"] = autoscaling
