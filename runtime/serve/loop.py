@@ -132,8 +132,8 @@ class EngineLoop:
         if len(self._clients) >= self.session.max_batch + self.max_queue:
             self.metrics.requests.labels("rejected").inc()
             raise QueueFull(
-                f"all {self.session.max_batch} slots are busy and {self.waiting} requests wait for one "
-                f"(the server's --max-queue); retry later"
+                f"no free slot ({self.active} of {self.session.max_batch} busy) and {self.waiting} requests "
+                f"already waiting (--max-queue {self.max_queue}); retry later"
             )
         client = self._clients[request] = _Client(time.perf_counter())
         self._to_submit.append(request)
