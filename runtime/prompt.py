@@ -42,7 +42,7 @@ def build_prompt(
     """
     if pad not in PAD_MODES:
         raise JrtcError(f"unknown pad mode {pad!r} (choose from {', '.join(PAD_MODES)})")
-    check_text("the context", context)
+    check_text("the prompt" if question is None else "the context", context)
     if question is None:
         if repeat not in (None, 1):
             raise JrtcError("--repeat needs a question: without one the prompt file is used as is")
