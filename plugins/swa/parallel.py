@@ -22,7 +22,9 @@ from .._triton import check_runnable, compute_dtype, dot, dot_precision
 from ..spec import ACTIVATION, Arg, Launch
 from . import naive
 
-NEG_LARGE = -1.0e30  # the running max starts finite, so a block with nothing visible gives exp2(-inf) = 0
+NEG_LARGE: tl.constexpr = tl.constexpr(
+    -1.0e30
+)  # the running max starts finite, so a block with nothing visible gives exp2(-inf) = 0
 
 
 @triton.jit
@@ -110,10 +112,17 @@ def _swa_fwd_kernel(
     )
 
 
-# Launch configuration: flash-attention's usual tiles; the CPU tests pass small ones so that they cover several
-# blocks, ring blocks included.
+# Launch configuration: flash-attention's usual tiles, halved along the keys for head dims over 64 and in two
+# pipeline stages, so that a launch needs at most 48 KiB of shared memory (40 KiB at hd 64 in bf16; what a
+# TensorRT plugin can count on, see jrtc.plugins.aot). The CPU tests pass small tiles so that they cover
+# several blocks, ring blocks included. Not yet tuned on a GPU.
 BLOCK_M = 64
 BLOCK_N = 64
+
+
+def _block_n(block_d: int) -> int:
+    return BLOCK_N if block_d <= 64 else BLOCK_N // 2
+
 
 SLIDING_WINDOW_ATTENTION = Launch(
     "sliding_window_attention",
@@ -172,7 +181,9 @@ def sliding_window_attention(
     check_runnable(q, _swa_fwd_kernel)
     dtype = compute_dtype(q, k, v)
     q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
-    tuning = {"BM": block_m or BLOCK_M, "BN": block_n or BLOCK_N, "PREC": dot_precision(q)}
+    tuning = {"PREC": dot_precision(q)}
+    tuning.update({"BM": block_m} if block_m else {})
+    tuning.update({"BN": block_n} if block_n else {})
     env = SLIDING_WINDOW_ATTENTION.bind({"q": q.shape, "k_ring": k_ring.shape}, constexprs=tuning)
     tensors = {"q": q, "k": k, "v": v, "k_ring": k_ring.contiguous(), "v_ring": v_ring.contiguous(), "o": o}
     SLIDING_WINDOW_ATTENTION.launch(env, {**tensors, "pos": pos.to(torch.int32).contiguous()})
