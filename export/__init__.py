@@ -4,7 +4,11 @@ Only constants live here, so that the CLI can describe its options without impor
 """
 
 TARGETS = ("cpu", "h100", "h200", "cuda")
-FORMATS = ("onnx", "aoti")  # per target: cpu writes either (onnx by default), cuda aoti
+FORMATS = (
+    "onnx",
+    "aoti",
+    "plan",
+)  # per target: cpu onnx (default) or aoti, cuda aoti, h100/h200 plan or onnx
 DTYPES = ("float32", "bfloat16")
 BYTES_TOKENIZER = "bytes"  # --tokenizer bytes: the built-in byte-level tokenizer (id b = byte b)
 DEFAULT_MAX_BATCH = 8
