@@ -136,6 +136,22 @@ def next_ring(ring: torch.Tensor, new: torch.Tensor, pos: torch.Tensor) -> torch
     return torch.where(from_call[:, None, :, None], new.gather(2, index), ring)
 
 
+def aliased_state(graph: ir.Model) -> list[str]:
+    """The state tensors that a plugin updates in place straight from ``state.X`` to ``next.X`` (the graph's
+    input and output): with aliased plugin I/O the runtime binds both to one buffer."""
+    launches = {launch.name: launch for launch in ENGINE_PLUGINS}
+    names = []
+    for node in graph.graph:
+        launch = launches.get(node.op_type) if node.domain == DOMAIN else None
+        for out, source in (launch.aliases if launch else {}).items():
+            i = [a.name for a in launch.outputs].index(out)
+            j = [a.name for a in launch.inputs].index(source)
+            written, read = node.outputs[i].name, node.inputs[j].name
+            if written.startswith("next.") and read == "state." + written.removeprefix("next."):
+                names.append(written.removeprefix("next."))
+    return names
+
+
 def trace_plugin_graph(model: JRTModel) -> tuple[ir.Model, dict[str, dict[str, Any]]]:
     """The bf16 plugin step graph and each plugin's constexprs."""
     if model.lm_head.weight.dtype != torch.bfloat16:

@@ -31,12 +31,14 @@ DEFAULT_OPT_LEVEL = 3  # TensorRT's own default; 5 searches longest
 
 def tensorrt_module() -> Any:
     """``tensorrt``, 10.9 or newer; one line saying what to do otherwise."""
-    from jrtc.export.targets.tensorrt import NO_TENSORRT
-
     try:
         import tensorrt as trt
     except ImportError:
-        raise JrtcError(NO_TENSORRT.format(target="h100|h200")) from None
+        raise JrtcError(
+            "TensorRT is not installed: building an engine needs the tensorrt Python package (10.9 or newer; "
+            "pip install 'jrtc[tensorrt]', whose libraries come from NVIDIA's package index) and the H100/H200 "
+            "it will run on; without them, export with --target cuda"
+        ) from None
     have = tuple(int(x) for x in trt.__version__.split(".")[:2])
     if have < MIN_TENSORRT:
         raise JrtcError(

@@ -28,7 +28,7 @@ FORMATS = ("plan", "onnx")
 GRAPH = "model.onnx"
 PLAN = "engine.plan"
 NO_TENSORRT = (
-    "TensorRT is not installed: --target {target} builds its engine with the tensorrt Python package "
+    "TensorRT is not installed: --target h100|h200 builds its engine with the tensorrt Python package "
     "(10.9 or newer; pip install 'jrtc[tensorrt]', whose libraries come from NVIDIA's package index) on a "
     "machine with the GPU; here, --no-build writes the plugin graph and PTX for `jrtc build` there, and "
     "--target cuda builds an engine that runs on this kind of GPU today"
@@ -39,7 +39,7 @@ def place(fmt: str, dtype: str | None) -> Placement:
     if dtype not in (None, "bfloat16"):
         raise JrtcError(f"the TensorRT targets export bfloat16 weights, not {dtype}; drop --dtype")
     if fmt == "plan" and importlib.util.find_spec("tensorrt") is None:
-        raise JrtcError(NO_TENSORRT.format(target="h100|h200"))
+        raise JrtcError(NO_TENSORRT)
     return Placement(torch.bfloat16)
 
 
@@ -81,6 +81,7 @@ def build(
         "graph": GRAPH,
         "dtype": "bfloat16",
         "plugins": [vars(p) for p in plugins],
+        "aliased_state": plugin_graph.aliased_state(graph),
         "profiles": profiles(max_batch, max_prompt_len),
         "built_with": {
             "onnx": onnx.__version__,
