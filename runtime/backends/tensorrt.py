@@ -77,6 +77,17 @@ class TrtExecutor:
             raise JrtcError("TensorRT failed to run the engine (its log has the reason)")
 
 
+def aligned_zeros(shape: Sequence[int], dtype: torch.dtype, device: str) -> torch.Tensor:
+    """Zeros whose first element is ``ALIGN``-byte aligned, whatever the allocator's own alignment."""
+    import torch
+
+    count = int(np.prod(shape))
+    size = torch.empty((), dtype=dtype).element_size()
+    raw = torch.zeros(count * size + ALIGN, dtype=torch.uint8, device=device)
+    skip = -raw.data_ptr() % ALIGN
+    return raw[skip : skip + count * size].view(dtype).view(tuple(shape))
+
+
 def _buckets(max_batch: int) -> list[int]:
     sizes = [1]
     while sizes[-1] < max_batch:
@@ -100,11 +111,11 @@ class TensorRTPool:
         ]
         # next.* of the outputs that are not updated in place: written here, copied back into the pool
         self.next = {
-            name: torch.empty_like(state)
+            name: aligned_zeros(state.shape, state.dtype, device)
             for name, state in zip(self.names, self.states, strict=True)
             if name not in backend.in_place
         }
-        self.logits = torch.empty(max_batch, manifest.vocab_size_padded, dtype=torch.float32, device=device)
+        self.logits = aligned_zeros((max_batch, manifest.vocab_size_padded), torch.float32, device)
         self.bytes_per_sequence = sum(s[0].nbytes for s in self.states)
         self._graphs: dict[int, tuple[Any, dict[str, torch.Tensor]]] = {}
         if backend.cuda_graphs:
@@ -127,8 +138,10 @@ class TensorRTPool:
         staged = []
         for name, state in zip(self.names, self.states, strict=True):
             rows = state[slots]
-            bound = rows if rows.data_ptr() % ALIGN == 0 else rows.clone()  # a fresh allocation is aligned
-            if bound is not rows:
+            bound = rows
+            if rows.data_ptr() % ALIGN:
+                bound = aligned_zeros(rows.shape, rows.dtype, str(rows.device))
+                bound.copy_(rows)
                 staged.append((rows, bound))
             tensors[f"state.{name}"] = bound
             if name in self.next:
