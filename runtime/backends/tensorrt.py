@@ -32,6 +32,7 @@ import numpy as np
 
 from jrtc.errors import JrtcError
 from jrtc.runtime.backends import first_line
+from jrtc.runtime.backends.aoti import _buckets  # the same decode batch buckets as the cuda engine
 from jrtc.runtime.sampling import Draw
 
 if TYPE_CHECKING:
@@ -86,13 +87,6 @@ def aligned_zeros(shape: Sequence[int], dtype: torch.dtype, device: str) -> torc
     raw = torch.zeros(count * size + ALIGN, dtype=torch.uint8, device=device)
     skip = -raw.data_ptr() % ALIGN
     return raw[skip : skip + count * size].view(dtype).view(tuple(shape))
-
-
-def _buckets(max_batch: int) -> list[int]:
-    sizes = [1]
-    while sizes[-1] < max_batch:
-        sizes.append(min(2 * sizes[-1], max_batch))
-    return sizes
 
 
 class TensorRTPool:
