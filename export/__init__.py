@@ -9,7 +9,11 @@ import warnings
 from collections.abc import Iterator
 
 TARGETS = ("cpu", "h100", "h200", "cuda")
-FORMATS = ("onnx", "aoti")  # per target: cpu writes either (onnx by default), cuda aoti
+FORMATS = (
+    "onnx",
+    "aoti",
+    "plan",
+)  # per target: cpu onnx (default) or aoti, cuda aoti, h100/h200 plan or onnx
 DTYPES = ("float32", "bfloat16")
 BYTES_TOKENIZER = "bytes"  # --tokenizer bytes: the built-in byte-level tokenizer (id b = byte b)
 DEFAULT_MAX_BATCH = 8

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
-import importlib.util
 import json
 import os
 import shutil
@@ -49,12 +48,6 @@ class Exported:
 
 def check_target(target: str, fmt: str | None) -> tuple[Any, str]:
     """The target's module and the format to write; refuses, in one line, what this build cannot produce."""
-    if target in ("h100", "h200"):
-        missing = "TensorRT is not installed and " if importlib.util.find_spec("tensorrt") is None else ""
-        raise JrtcError(
-            f"target {target} is not available in this build: {missing}the TensorRT engine builder is not "
-            "implemented yet; export with --target cuda (NVIDIA GPUs) or --target cpu"
-        )
     if target not in TARGET_MODULES:
         raise JrtcError(f"unknown target {target!r}; jrtc targets: {', '.join(TARGETS)}")
     module = target_module(target)

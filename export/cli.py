@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from jrtc.errors import JrtcError
 from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, DTYPES, FORMATS, TARGETS
 
 if TYPE_CHECKING:
@@ -66,12 +67,13 @@ def summary_lines(exported: Exported) -> list[str]:
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
-    help="Engine format: onnx (ONNX Runtime) or aoti (AOTInductor package) [default: onnx for cpu, aoti for cuda].",
+    help="Engine format: onnx (ONNX Runtime; for h100/h200 the unbuilt plugin graph), aoti (AOTInductor package) "
+    "or plan (TensorRT) [default: onnx for cpu, aoti for cuda, plan for h100/h200].",
 )
 @click.option(
     "--dtype",
     type=click.Choice(DTYPES),
-    help="Weight dtype [default: float32 for cpu, bfloat16 for cuda]; the PLA state is always float32.",
+    help="Weight dtype [default: float32 for cpu, bfloat16 for cuda, h100, h200]; the PLA state is always float32.",
 )
 @click.option("--max-batch", type=int, default=DEFAULT_MAX_BATCH, show_default=True, help="State-pool size.")
 @click.option(
@@ -81,6 +83,11 @@ def summary_lines(exported: Exported) -> list[str]:
     "--tokenizer",
     metavar="PATH|bytes",
     help=f"A tokenizer.json, or '{BYTES_TOKENIZER}' for the byte-level one [default: tokenizer.json beside the checkpoint].",
+)
+@click.option(
+    "--no-build",
+    is_flag=True,
+    help="h100/h200: write the plugin graph, its PTX and the manifest without TensorRT; `jrtc build` finishes.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def export_command(
@@ -92,10 +99,16 @@ def export_command(
     max_batch: int,
     max_prompt_len: int | None,
     tokenizer: str | None,
+    no_build: bool,
     quiet: bool,
 ) -> None:
     """Compile CHECKPOINT (an HF directory or a jrtc .pt) into an engine directory for `jrtc run`."""
     from jrtc.export.build import export_engine  # torch and the exporter load only when exporting
+
+    if no_build:
+        if target not in ("h100", "h200") or fmt not in (None, "onnx"):
+            raise JrtcError("--no-build is for --target h100|h200 (which then writes --format onnx); drop it")
+        fmt = "onnx"
 
     def progress(message: str) -> None:
         if not quiet:
@@ -108,3 +121,30 @@ def export_command(
     )
     if not quiet:
         click.echo("\n".join(summary_lines(exported)))
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--opt-level",
+    type=click.IntRange(0, 5),
+    default=3,
+    show_default=True,
+    help="TensorRT builder optimization level.",
+)
+@click.option(
+    "--timing-cache", type=click.Path(path_type=Path), help="[default: ~/.cache/jrtc/tensorrt-timing.cache]"
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def build_command(directory: Path, opt_level: int, timing_cache: Path | None, quiet: bool) -> None:
+    """Build the TensorRT engine of DIRECTORY (written by `jrtc export --target h100|h200 --no-build`) on this
+    machine: it needs TensorRT 10.9+ and the H100/H200 the engine will run on."""
+    from jrtc.export.trt_engine import finish_directory
+
+    def progress(message: str) -> None:
+        if not quiet:
+            click.echo(f"jrtc build: {message}", err=True)
+
+    manifest = finish_directory(directory, progress, opt_level, timing_cache)
+    if not quiet:
+        click.echo(f"{directory / manifest['engine']}: TensorRT {manifest['tensorrt']} on {manifest['gpu']}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -114,8 +115,9 @@ class GraphOps:
 
 
 @contextlib.contextmanager
-def _graph_cores(model: JRTModel) -> Iterator[None]:
-    """Route every mixer's core through :class:`GraphOps` for the duration of the trace."""
+def graph_cores(model: JRTModel, ops: Any = GraphOps) -> Iterator[None]:
+    """Route every mixer's core through ``ops`` (:class:`GraphOps`, or another class or object with the same
+    methods) for the duration of the trace."""
     hooks = {
         PrefixLinearAttention: "ops",
         SlidingWindowAttention: "sliding_window_attention",
@@ -125,7 +127,7 @@ def _graph_cores(model: JRTModel) -> Iterator[None]:
     for block in model.transformer.layers:
         name = hooks[type(block.mixer)]
         saved.append((block.mixer, name, getattr(block.mixer, name)))
-        setattr(block.mixer, name, GraphOps if name == "ops" else getattr(GraphOps, name))
+        setattr(block.mixer, name, ops if name == "ops" else getattr(ops, name))
     try:
         yield
     finally:
@@ -137,6 +139,15 @@ def trace_step_graph(model: JRTModel) -> ir.Model:
     """The step graph with its ``jrtc`` functions attached, as an in-memory ONNX IR model."""
     if model.lm_head.weight.dtype != torch.float32:
         raise JrtcError("the cpu target exports fp32 models; load the checkpoint with dtype=torch.float32")
+    onnx_model = export_step(model, GraphOps)
+    for function in onnx_functions.FUNCTIONS:
+        ir_function = ir.serde.deserialize_function(function.to_function_proto())
+        onnx_model.functions[ir_function.identifier()] = ir_function
+    return onnx_model
+
+
+def export_step(model: JRTModel, ops: Any) -> ir.Model:
+    """``torch.onnx.export`` of the step function, with the mixer cores routed through ``ops``."""
     graph = StepGraph(model).eval()
     # Example sizes that no weight shape shares, so the exporter cannot mistake B or L for a constant.
     batch, length = 2, 3
@@ -155,7 +166,7 @@ def trace_step_graph(model: JRTModel) -> ir.Model:
         "state": [{0: b} for _ in state],
     }
     input_names, output_names = io_names(model)
-    with _graph_cores(model), torch.no_grad(), muted("torch.onnx"):
+    with graph_cores(model, ops), torch.no_grad(), muted("torch.onnx"):
         program = torch.onnx.export(
             graph,
             args,
@@ -167,9 +178,6 @@ def trace_step_graph(model: JRTModel) -> ir.Model:
             verbose=False,
         )
     onnx_model = program.model
-    for function in onnx_functions.FUNCTIONS:
-        ir_function = ir.serde.deserialize_function(function.to_function_proto())
-        onnx_model.functions[ir_function.identifier()] = ir_function
     onnx_model.opset_imports[DOMAIN] = 1
     return onnx_model
 

@@ -13,7 +13,7 @@ import click
 
 from jrtc import __version__
 from jrtc.errors import JrtcError
-from jrtc.export.cli import export_command
+from jrtc.export.cli import build_command, export_command
 from jrtc.runtime.cli import run_command
 from jrtc.runtime.serve.cli import serve_command
 
@@ -92,6 +92,7 @@ def info(checkpoint: str, as_json: bool) -> None:
 main.add_command(export_command, "export")
 main.add_command(run_command, "run")
 main.add_command(serve_command, "serve")
+main.add_command(build_command, "build")
 
 
 if __name__ == "__main__":

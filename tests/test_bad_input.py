@@ -442,7 +442,9 @@ EXPORT_CASES = {
     "max-prompt-len-enormous": _export_case("--max-prompt-len", str(10**30), expect=("--max-prompt-len",)),
     "max-batch-zero": _export_case("--max-batch", "0", expect=("--max-batch", "at least 1")),
     "max-batch-huge": _export_case("--max-batch", str(10**15), expect=("state pool",)),
-    "target-not-built": _export_case("--target", "h100", expect=("not available", "--target cuda")),
+    "target-not-built": _export_case(
+        "--target", "h100", expect=("TensorRT is not installed", "--target cuda")
+    ),
     "target-cuda-without-gpu": _export_case("--target", "cuda", expect=("needs an NVIDIA GPU",)),
     "target-unknown": _export_case("--target", "tpu", status=2, expect=("--target",)),
     "tokenizer-missing": _export_case("--tokenizer", "nope.json", expect=("not found",)),

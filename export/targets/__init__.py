@@ -24,6 +24,8 @@ import torch
 TARGET_MODULES = {
     "cpu": "jrtc.export.targets.cpu",
     "cuda": "jrtc.export.targets.cuda",
+    "h100": "jrtc.export.targets.tensorrt",
+    "h200": "jrtc.export.targets.tensorrt",
 }
 
 Progress = Callable[[str], None]

@@ -26,13 +26,16 @@ prompts.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from .._triton import check_runnable, compute_dtype, dot, dot_precision, launcher, num_sms, symbolic
+from .._triton import check_runnable, compute_dtype, dot, dot_precision, num_sms, symbolic
+from ..spec import ACTIVATION, Arg, Launch
 from . import naive
 from ._common import (
     EXPANDED_DIM,
@@ -354,6 +357,144 @@ def _pla_chunk_fwd_kernel(
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Launches (plugins/spec.py). The constexprs are the engine's: bf16 activations, key mask given, and the
+# tiles of CAUSAL_CONFIG / ENGINE_ENCODER_CHUNK; the torch ops override them per call.
+# ---------------------------------------------------------------------------------------------------------
+
+D, R = EXPANDED_DIM, KERNEL_ROWS  # state rows in naive's layout (153) and in kernel order (160)
+ENGINE_ENCODER_CHUNK = 32  # the encoder's chunk in engines: chunk 64 needs 59 KiB of shared memory, over 48
+
+
+def _block_v(dv: int, block_v: int | None = None) -> int:
+    if block_v is not None:
+        return block_v
+    return max(16, min(64, triton.next_power_of_2(dv)))
+
+
+# Partial states of segments of the first N tokens: the encoder's split-K step (N = min(L, enc_length)) and
+# the first pass of the sequence-parallel causal path (N = L). SEGMENTS: ~4 programs per SM, at least 8
+# chunks per segment (the encoder has no sequential dependency); the causal path presets it.
+PLA_SEGMENT_STATE = Launch(
+    "pla_segment_state",
+    _pla_segment_state_kernel,
+    inputs=(
+        Arg("k", ACTIVATION, "B L H 16"),
+        Arg("v", ACTIVATION, "B L H DV"),
+        Arg("key_mask", "int32", "B L"),
+    ),
+    scalars=(("L", "L"), ("N", "N"), ("H", "H"), ("SEG_LEN", "SEG_LEN")),
+    outputs=(
+        Arg("st_kv", "float32", f"B*H NSEG {R} DV"),
+        Arg("st_z", "float32", f"B*H NSEG {R}"),
+    ),
+    attributes=("enc_length",),
+    derived=(
+        ("N", "min(L, enc_length)"),
+        ("NV", "cdiv(DV, BV)"),
+        ("SEGMENTS", "max(1, min(cdiv(SMS*4, NV*B*H), N // (C*8)))"),
+        ("SEG_LEN", "cdiv(cdiv(N, SEGMENTS), C) * C"),
+        ("NSEG", "cdiv(N, SEG_LEN)"),
+    ),
+    grid=("NV", "NSEG", "B*H"),
+    constexprs=lambda d: {
+        "DV": d["DV"],
+        "BV": _block_v(d["DV"]),
+        "C": ENGINE_ENCODER_CHUNK,
+        "HAS_MASK": True,
+        "PREC": "",
+    },  # fmt: skip
+    num_stages=2,
+)
+
+_SCAN_INPUTS = (Arg("st_kv", "float32", f"BH NSEG {R} DV"), Arg("st_z", "float32", f"BH NSEG {R}"))
+_SCAN_OUTPUTS = (Arg("kv_out", "float32", f"BH {D} DV"), Arg("z_out", "float32", f"BH {D}"))
+
+# The encoder's state: the sum of its segment states (naive's layout, [B*H, 153, dv]).
+PLA_ENCODE_SCAN = Launch(
+    "pla_encode_scan",
+    _pla_state_scan_kernel,
+    inputs=_SCAN_INPUTS,
+    scalars=(("NSEG", "NSEG"),),
+    outputs=_SCAN_OUTPUTS,
+    grid=("cdiv(DV, BV)", "BH", "1"),
+    constexprs=lambda d: {"DV": d["DV"], "BV": _block_v(d["DV"]), "HAS_INIT": False, "WRITE_PREFIX": False},
+    unused=("kv_init", "z_init", "prefix_kv", "prefix_z"),
+)
+
+# Sequence-parallel causal path, pass 2: exclusive prefix states of the segments from (kv0, z0), and the
+# final state.
+PLA_CAUSAL_SCAN = Launch(
+    "pla_causal_scan",
+    _pla_state_scan_kernel,
+    inputs=(*_SCAN_INPUTS, Arg("kv_init", "float32", f"BH {D} DV"), Arg("z_init", "float32", f"BH {D}")),
+    scalars=(("NSEG", "NSEG"),),
+    outputs=(
+        Arg("prefix_kv", "float32", f"BH NSEG {R} DV"),
+        Arg("prefix_z", "float32", f"BH NSEG {R}"),
+        *_SCAN_OUTPUTS,
+    ),
+    grid=("cdiv(DV, BV)", "BH", "1"),
+    constexprs=lambda d: {"DV": d["DV"], "BV": _block_v(d["DV"]), "HAS_INIT": True, "WRITE_PREFIX": True},
+)
+
+_CHUNK_INPUTS = (
+    Arg("q", ACTIVATION, "B L H 16"),
+    Arg("k", ACTIVATION, "B L H 16"),
+    Arg("v", ACTIVATION, "B L H DV"),
+)
+_CHUNK_SCALARS = (("L", "L"), ("H", "H"), ("SEG_LEN", "SEG_LEN"))
+
+
+def _chunk_constexprs(split: bool) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    return lambda d: {
+        "DV": d["DV"], "BV": _block_v(d["DV"]), "C": CAUSAL_CONFIG.chunk, "HAS_MASK": True, "SPLIT": split,
+        "PREC": "",
+    }  # fmt: skip
+
+
+# Causal chunked pass over whole sequences from (kv0, z0): one launch, the engines' causal prefill.
+PLA_CAUSAL = Launch(
+    "pla_causal",
+    _pla_chunk_fwd_kernel,
+    inputs=(
+        *_CHUNK_INPUTS,
+        Arg("kv_init", "float32", f"B H {D} DV"),
+        Arg("z_init", "float32", f"B H {D}"),
+        Arg("key_mask", "int32", "B L"),
+    ),
+    scalars=_CHUNK_SCALARS,
+    outputs=(
+        Arg("o", ACTIVATION, "B L H DV"),
+        Arg("kv_out", "float32", f"B H {D} DV"),
+        Arg("z_out", "float32", f"B H {D}"),
+    ),
+    derived=(("SEG_LEN", "L"),),
+    grid=("cdiv(DV, BV)", "1", "B*H"),
+    constexprs=_chunk_constexprs(split=False),
+    unused=("prefix_kv", "prefix_z"),
+    num_stages=2,
+)
+
+# Sequence-parallel causal path, pass 3: every segment's outputs from its prefix state.
+PLA_CAUSAL_SPLIT = Launch(
+    "pla_causal_split",
+    _pla_chunk_fwd_kernel,
+    inputs=(
+        *_CHUNK_INPUTS,
+        Arg("prefix_kv", "float32", f"BH NSEG {R} DV"),
+        Arg("prefix_z", "float32", f"BH NSEG {R}"),
+        Arg("key_mask", "int32", "B L"),
+    ),
+    scalars=_CHUNK_SCALARS,
+    outputs=(Arg("o", ACTIVATION, "B L H DV"),),
+    grid=("cdiv(DV, BV)", "NSEG", "B*H"),
+    constexprs=_chunk_constexprs(split=True),
+    unused=("kv_init", "z_init", "kv_out", "z_out"),
+    num_stages=2,
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Launch configuration
 # ---------------------------------------------------------------------------------------------------------
 
@@ -394,12 +535,6 @@ CAUSAL_CONFIG = PrefillConfig(chunk=16)
 ENCODER_CONFIG = PrefillConfig(chunk=64)
 
 
-def _block_v(dv: int, block_v: int | None) -> int:
-    if block_v is not None:
-        return block_v
-    return max(16, min(64, triton.next_power_of_2(dv)))
-
-
 def _num_segments(programs: int, length: int, chunk: int, device: torch.device, min_chunks: int) -> int:
     """Sequence segments per (b, h) for the causal pass.
 
@@ -417,14 +552,6 @@ def _num_segments(programs: int, length: int, chunk: int, device: torch.device, 
     want = (2 * sms) // programs  # rounded down: a few programs past two per SM would make a second wave
     most = max(1, length // (min_chunks * chunk))
     return max(1, min(want, most))
-
-
-def _encoder_segments(programs: int, count: int, chunk: int, device: torch.device) -> int:
-    """Segments of the encoder's split-K reduction: it has no sequential dependency, so split until the GPU
-    has ~4 programs per SM, keeping 8 chunks per segment. Written with ``torch.sym_max``/``sym_min`` so that
-    symbolic shapes (torch.export) give an expression, not a guard."""
-    want = triton.cdiv(4 * num_sms(device), programs)
-    return torch.sym_max(1, torch.sym_min(want, count // (8 * chunk)))
 
 
 def _check_inputs(name: str, x: torch.Tensor, dims: int, last: int | None = None) -> None:
@@ -446,7 +573,17 @@ def _mask_arg(key_mask: torch.Tensor | None, shape: tuple[int, int], ref: torch.
         return ref  # never read (HAS_MASK=False): any pointer will do
     if tuple(key_mask.shape) != shape:
         raise ValueError(f"key_mask: expected {shape}, got {tuple(key_mask.shape)}")
-    return key_mask.to(device=ref.device, dtype=torch.bool).contiguous().view(torch.uint8)
+    return key_mask.to(device=ref.device, dtype=torch.int32).contiguous()  # as the plugins take it
+
+
+def _tuning(config: PrefillConfig, dv: int, has_mask: bool, v: torch.Tensor) -> dict[str, Any]:
+    """The torch op's constexprs over the engine's: this call's tiles, mask and dot precision."""
+    return {
+        "BV": _block_v(dv, config.block_v),
+        "C": config.chunk,
+        "HAS_MASK": has_mask,
+        "PREC": dot_precision(v),
+    }
 
 
 def segment_states(
@@ -458,22 +595,19 @@ def segment_states(
     count: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Partial states of the first ``count`` tokens (all when None) over ``num_segments`` equal segments
-    (kernel order): ``[B*H, NSEG, 160, dv]``, z."""
+    (kernel order): ``[B*H, NSEG, 160, dv]``, z, and the segment length."""
     batch, length, heads, _ = k.shape
-    count = length if count is None else count
-    dv = v.shape[-1]
-    bv = _block_v(dv, config.block_v)
-    seg_len = triton.cdiv(triton.cdiv(count, num_segments), config.chunk) * config.chunk
-    nseg = triton.cdiv(count, seg_len)
-    st_kv = torch.empty(batch * heads, nseg, KERNEL_ROWS, dv, device=k.device, dtype=torch.float32)
-    st_z = torch.empty(batch * heads, nseg, KERNEL_ROWS, device=k.device, dtype=torch.float32)
-    grid = (triton.cdiv(dv, bv), nseg, batch * heads)
-    launcher(_pla_segment_state_kernel)[grid](
-        k, v, _mask_arg(key_mask, (batch, length), k), length, count, heads, seg_len, st_kv, st_z,
-        DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, PREC=dot_precision(v),
-        **config.launch(),
-    )  # fmt: skip
-    return st_kv, st_z, seg_len
+    env = PLA_SEGMENT_STATE.bind(
+        {"k": k.shape, "v": v.shape},
+        {"enc_length": length if count is None else count},
+        constexprs=_tuning(config, v.shape[-1], key_mask is not None, v),
+        SMS=num_sms(k.device),
+        SEGMENTS=num_segments,
+    )
+    out = PLA_SEGMENT_STATE.allocate(env, k.device, v.dtype)
+    tensors = {"k": k, "v": v, "key_mask": _mask_arg(key_mask, (batch, length), k), **out}
+    PLA_SEGMENT_STATE.launch(env, tensors, **config.launch())
+    return out["st_kv"], out["st_z"], env["SEG_LEN"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -500,7 +634,8 @@ def pla_encode_with(
     *,
     config: PrefillConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``pla_encode`` with explicit launch parameters (tests and benchmarks)."""
+    """``pla_encode`` with explicit launch parameters (tests and benchmarks): the launches
+    ``PLA_SEGMENT_STATE`` (the segments' partial states) and ``PLA_ENCODE_SCAN`` (their sum)."""
     _check_inputs("k_enc", k_enc, 4, FEATURE_DIM)
     _check_inputs("v_enc", v_enc, 4)
     batch, length, heads, _ = k_enc.shape
@@ -515,16 +650,23 @@ def pla_encode_with(
     dtype = compute_dtype(k_enc, v_enc)
     k_enc = k_enc.to(dtype).contiguous()
     v_enc = v_enc.to(dtype).contiguous()
-    bv = _block_v(dv, config.block_v)
-    nseg = config.num_segments
-    if nseg is None:
-        nseg = _encoder_segments(triton.cdiv(dv, bv) * batch * heads, count, config.chunk, v_enc.device)
-    st_kv, st_z, _ = segment_states(k_enc, v_enc, key_mask, nseg, config, count)
-    grid = (triton.cdiv(dv, bv), batch * heads)
-    launcher(_pla_state_scan_kernel)[grid](
-        st_kv, st_z, kv, z, st_kv.shape[1], st_kv, st_z, kv, z,
-        DV=dv, BV=bv, HAS_INIT=False, WRITE_PREFIX=False, num_warps=4,
-    )  # fmt: skip
+    segments = {} if config.num_segments is None else {"SEGMENTS": config.num_segments}
+    tuning = _tuning(config, dv, key_mask is not None, v_enc)
+    env = PLA_SEGMENT_STATE.bind(
+        {"k": k_enc.shape, "v": v_enc.shape},
+        {"enc_length": count},
+        constexprs=tuning,
+        SMS=num_sms(v_enc.device),
+        **segments,
+    )
+    partial = PLA_SEGMENT_STATE.allocate(env, v_enc.device, dtype)
+    mask = _mask_arg(key_mask, (batch, length), k_enc)
+    PLA_SEGMENT_STATE.launch(env, {"k": k_enc, "v": v_enc, "key_mask": mask, **partial}, **config.launch())
+    scan = PLA_ENCODE_SCAN.bind(
+        {name: t.shape for name, t in partial.items()}, constexprs={"BV": tuning["BV"]}
+    )
+    out = {"kv_out": kv.view(batch * heads, EXPANDED_DIM, dv), "z_out": z.view(batch * heads, EXPANDED_DIM)}
+    PLA_ENCODE_SCAN.launch(scan, {**partial, **out}, num_warps=4)
     return kv, z
 
 
@@ -550,7 +692,8 @@ def pla_causal_with(
     *,
     config: PrefillConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``pla_causal`` with explicit launch parameters (tests and benchmarks)."""
+    """``pla_causal`` with explicit launch parameters (tests and benchmarks): one ``PLA_CAUSAL`` launch, or
+    the sequence-parallel ``PLA_SEGMENT_STATE``, ``PLA_CAUSAL_SCAN``, ``PLA_CAUSAL_SPLIT``."""
     _check_inputs("q", q, 4, FEATURE_DIM)
     _check_inputs("k", k, 4, FEATURE_DIM)
     _check_inputs("v", v, 4)
@@ -576,37 +719,40 @@ def pla_causal_with(
     mask = _mask_arg(key_mask, (batch, length), v)
     kv = torch.empty_like(kv0)
     z = torch.empty_like(z0)
-    bv = _block_v(dv, config.block_v)
-    nv = triton.cdiv(dv, bv)
+    tuning = _tuning(config, dv, key_mask is not None, v)
+    nv = triton.cdiv(dv, tuning["BV"])
     nseg = config.num_segments
     if nseg is None:
         nseg = _num_segments(nv * batch * heads, length, config.chunk, v.device, min_chunks=4)
-    prec = dot_precision(v)
     launch = config.launch()
+    tensors = {"q": q, "k": k, "v": v, "key_mask": mask, "o": o}
     if nseg <= 1:
-        launcher(_pla_chunk_fwd_kernel)[(nv, 1, batch * heads)](
-            q, k, v, kv0, z0, kv0, z0, mask, length, heads, length, o, kv, z,
-            DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, SPLIT=False, PREC=prec, **launch,
-        )  # fmt: skip
+        env = PLA_CAUSAL.bind({"q": q.shape, "v": v.shape}, constexprs=tuning)
+        PLA_CAUSAL.launch(env, {**tensors, "kv_init": kv0, "z_init": z0, "kv_out": kv, "z_out": z}, **launch)
         return o, kv, z
     # Sequence parallel: segment states, exclusive scan from (kv0, z0), then each segment's outputs.
     st_kv, st_z, seg_len = segment_states(k, v, key_mask, nseg, config)
-    prefix_kv = torch.empty_like(st_kv)
-    prefix_z = torch.empty_like(st_z)
-    nseg = st_kv.shape[1]
-    launcher(_pla_state_scan_kernel)[(nv, batch * heads)](
-        st_kv, st_z, kv0, z0, nseg, prefix_kv, prefix_z, kv, z,
-        DV=dv, BV=bv, HAS_INIT=True, WRITE_PREFIX=True, num_warps=4,
-    )  # fmt: skip
-    launcher(_pla_chunk_fwd_kernel)[(nv, nseg, batch * heads)](
-        q, k, v, kv0, z0, prefix_kv, prefix_z, mask, length, heads, seg_len, o, kv, z,
-        DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, SPLIT=True, PREC=prec, **launch,
-    )  # fmt: skip
+    flat = {  # the (b, h) states as the scan kernel indexes them
+        "kv_init": kv0.view(batch * heads, EXPANDED_DIM, dv), "z_init": z0.view(batch * heads, EXPANDED_DIM),
+        "kv_out": kv.view(batch * heads, EXPANDED_DIM, dv), "z_out": z.view(batch * heads, EXPANDED_DIM),
+    }  # fmt: skip
+    scan = PLA_CAUSAL_SCAN.bind({"st_kv": st_kv.shape}, constexprs={"BV": tuning["BV"]})
+    prefix = {"prefix_kv": torch.empty_like(st_kv), "prefix_z": torch.empty_like(st_z)}
+    PLA_CAUSAL_SCAN.launch(scan, {"st_kv": st_kv, "st_z": st_z, **flat, **prefix}, num_warps=4)
+    env = PLA_CAUSAL_SPLIT.bind(
+        {"q": q.shape, "v": v.shape, "prefix_kv": st_kv.shape}, constexprs=tuning, SEG_LEN=seg_len
+    )
+    PLA_CAUSAL_SPLIT.launch(env, {**tensors, **prefix}, **launch)
     return o, kv, z
 
 
 __all__ = [
     "CAUSAL_CONFIG",
+    "PLA_CAUSAL",
+    "PLA_CAUSAL_SCAN",
+    "PLA_CAUSAL_SPLIT",
+    "PLA_ENCODE_SCAN",
+    "PLA_SEGMENT_STATE",
     "ENCODER_CONFIG",
     "PrefillConfig",
     "naive",

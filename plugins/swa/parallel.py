@@ -18,10 +18,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import check_runnable, compute_dtype, dot, dot_precision, launcher
+from .._triton import check_runnable, compute_dtype, dot, dot_precision
+from ..spec import ACTIVATION, Arg, Launch
 from . import naive
 
-NEG_LARGE = -1.0e30  # the running max starts finite, so a block with nothing visible gives exp2(-inf) = 0
+NEG_LARGE: tl.constexpr = tl.constexpr(
+    -1.0e30
+)  # the running max starts finite, so a block with nothing visible gives exp2(-inf) = 0
 
 
 @triton.jit
@@ -44,7 +47,7 @@ def _swa_fwd_kernel(
     v,  # [B, H, L, HD]
     k_ring,  # [B, H, W, HD], slot = position % W
     v_ring,  # [B, H, W, HD]
-    pos,  # [B] int64: position of each row's first new token
+    pos,  # [B] int32: position of each row's first new token
     L,
     o,  # out: [B, H, L, HD], dtype of q
     H: tl.constexpr,
@@ -109,10 +112,43 @@ def _swa_fwd_kernel(
     )
 
 
-# Launch configuration: flash-attention's usual tiles; the interpreter (CPU tests) uses small ones so the
-# tests cover several blocks, ring blocks included.
+# Launch configuration: flash-attention's usual tiles, halved along the keys for head dims over 64 and in two
+# pipeline stages, so that a launch needs at most 48 KiB of shared memory (40 KiB at hd 64 in bf16; what a
+# TensorRT plugin can count on, see jrtc.plugins.aot). The CPU tests pass small tiles so that they cover
+# several blocks, ring blocks included. Not yet tuned on a GPU.
 BLOCK_M = 64
 BLOCK_N = 64
+
+
+def _block_n(block_d: int) -> int:
+    return BLOCK_N if block_d <= 64 else BLOCK_N // 2
+
+
+SLIDING_WINDOW_ATTENTION = Launch(
+    "sliding_window_attention",
+    _swa_fwd_kernel,
+    inputs=(
+        Arg("q", ACTIVATION, "B H L HD"),
+        Arg("k", ACTIVATION, "B H L HD"),
+        Arg("v", ACTIVATION, "B H L HD"),
+        Arg("k_ring", ACTIVATION, "B H W HD"),
+        Arg("v_ring", ACTIVATION, "B H W HD"),
+        Arg("pos", "int32", "B"),
+    ),
+    scalars=(("L", "L"),),
+    outputs=(Arg("o", ACTIVATION, "B H L HD"),),
+    grid=("cdiv(L, BM)", "B*H", "1"),
+    constexprs=lambda d: {
+        "H": d["H"],
+        "W": d["W"],
+        "HD": d["HD"],
+        "BD": max(16, triton.next_power_of_2(d["HD"])),
+        "BM": BLOCK_M,
+        "BN": BLOCK_N,
+        "SCALE_LOG2E": d["HD"] ** -0.5 * math.log2(math.e),
+        "PREC": "",
+    },  # fmt: skip
+)
 
 
 def sliding_window_attention(
@@ -145,15 +181,13 @@ def sliding_window_attention(
     check_runnable(q, _swa_fwd_kernel)
     dtype = compute_dtype(q, k, v)
     q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
-    bm = block_m or BLOCK_M
-    bn = block_n or BLOCK_N
-    grid = (triton.cdiv(length, bm), batch * heads)
-    launcher(_swa_fwd_kernel)[grid](
-        q, k, v, k_ring.contiguous(), v_ring.contiguous(), pos.contiguous(), length, o,
-        H=heads, W=window, HD=head_dim, BD=max(16, triton.next_power_of_2(head_dim)), BM=bm, BN=bn,
-        SCALE_LOG2E=head_dim**-0.5 * math.log2(math.e), PREC=dot_precision(q),
-    )  # fmt: skip
+    tuning = {"PREC": dot_precision(q)}
+    tuning.update({"BM": block_m} if block_m else {})
+    tuning.update({"BN": block_n} if block_n else {})
+    env = SLIDING_WINDOW_ATTENTION.bind({"q": q.shape, "k_ring": k_ring.shape}, constexprs=tuning)
+    tensors = {"q": q, "k": k, "v": v, "k_ring": k_ring.contiguous(), "v_ring": v_ring.contiguous(), "o": o}
+    SLIDING_WINDOW_ATTENTION.launch(env, {**tensors, "pos": pos.to(torch.int32).contiguous()})
     return o, naive.next_ring(k_ring, k, pos), naive.next_ring(v_ring, v, pos)
 
 
-__all__ = ["BLOCK_M", "BLOCK_N", "sliding_window_attention"]
+__all__ = ["BLOCK_M", "BLOCK_N", "SLIDING_WINDOW_ATTENTION", "sliding_window_attention"]

@@ -77,6 +77,7 @@ class Backend(Protocol):
 BACKENDS = {
     "onnxruntime": "jrtc.runtime.backends.onnxruntime",
     "aoti": "jrtc.runtime.backends.aoti",
+    "tensorrt": "jrtc.runtime.backends.tensorrt",
 }
 
 
