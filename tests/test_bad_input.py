@@ -674,8 +674,10 @@ def test_bad_text_in_the_api(assets: dict[str, Path]) -> None:
         session.request("caf\udce9")
     with pytest.raises(JrtcError, match="question"):
         build_prompt("context", question="\udcff")
-    with pytest.raises(JrtcError, match="context"):
+    with pytest.raises(JrtcError, match="the prompt must be text"):
         build_prompt(b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(JrtcError, match="the context must be text"):
+        build_prompt(b"bytes", question="q")  # type: ignore[arg-type]
 
 
 def test_a_session_used_from_two_threads(assets: dict[str, Path]) -> None:
