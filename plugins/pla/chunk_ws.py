@@ -1,0 +1,623 @@
+"""Prefill kernels for prefix linear attention built around wide tensor-core tiles: same signatures and
+semantics as ``naive`` (and ``chunk``), selectable, not yet the default (issue #9: it takes over once a GPU
+run has timed it; see benchmarks/prefill_kernels.py, rows ``*_ws``).
+
+What differs from ``chunk``, and why (benchmarks/results/pla_kernels-h200.md: today's kernel is bound by
+a serial chain of small MMAs, layout shuffles through shared memory and register spills):
+
+* Chunks of 64 tokens (``chunk`` uses 16), so the state is read out and updated once per 64 tokens with
+  MMAs of M = 64 and K = 64, and its bf16 copy for the read-out is written to shared memory a quarter as often.
+* The Taylor features are produced by the tensor cores, not by register shuffles: every kernel-order
+  feature (see ``_common``) is ``x_p * x_a / 4`` for a position p and an anchor a of the 16-dim input, so
+  ``X @ E_pos`` and ``X @ E_anc`` with constant 0/1 (and 1/4) selection matrices give both factors, exactly,
+  already in the MMA accumulator layout; their product feeds the next MMA from registers. Query features are
+  made token-major ``[C, rows]`` (the read-out's left operand), key features feature-major ``[rows, C]``
+  (the update ``S += phi(K)^T V``'s left operand), so neither goes through shared memory.
+* The normalizer z is updated by row sums of the fp32 key features and read out as an fp32 dot with the
+  fp32 query features: no extra MMAs and no hi/lo split of z (``chunk`` rounds it to two bf16 parts).
+* Intra-chunk scores are ``1 + s + s^2/2`` from the 16-dim ``s = q.k/4``, masked causally; rows past the end
+  of the sequence load zeros, which add nothing to the state (their features are zeroed, v is zero).
+* Loads go through Triton's software pipeline (``tl.range(num_stages=...)``: cp.async into shared memory a
+  few chunks ahead); ``warp_specialize`` is a config switch for Triton versions whose Hopper pass handles
+  the loop. No TMA descriptors: a host descriptor is not a pointer argument, and a device-side one needs
+  Triton's global scratch, and the TensorRT AOT contract allows neither.
+* One launch per op when batch*heads fill the GPU: ``pla_causal`` and ``pla_encode`` are then one kernel
+  each. When they do not (B = 1), the sequence is split into segments: one launch writes the states of all
+  segments but the last, and the causal kernel sums the ones before its segment itself (no scan launch).
+  The encoder's split-K partials are summed by a small third kernel.
+
+Per launch only pointers and int32 scalars, float constants folded in (AOT-compilable for TensorRT
+plugins); the state and every accumulation are fp32; layout is fla's ``[B, L, H, F]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .._triton import check_runnable, compute_dtype, dot, dot_precision, launcher, num_sms, symbolic
+from . import chunk, naive
+from ._common import EXPANDED_DIM, FEATURE_DIM, KERNEL_ROWS, _pair_row, _rows_b
+
+KERNEL_ROWS_C: tl.constexpr = tl.constexpr(KERNEL_ROWS)
+EXPANDED_DIM_C: tl.constexpr = tl.constexpr(EXPANDED_DIM)
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernel order, in three pieces: A0 = rows 0..63 and A1 = rows 64..127 (anchored pairs, see _common), B = rows
+# 128..159 (diagonal, then linear). Two 64-row halves of piece A keep the live register tiles small.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _piece_a(r):
+    """Kernel-order rows r of piece A -> (position p, anchor a, is the free slot, holds the constant 1)."""
+    blk = r // 16
+    pos = r % 16
+    d = (pos - blk + 16) % 16
+    anchor = tl.where((d >= 1) & (d <= 8), blk, blk + 8)
+    return pos, anchor, d == 0, (d == 0) & (blk == 0)
+
+
+@triton.jit
+def _sym_rows_a(r):
+    """Rows of naive's 153 layout for kernel-order rows r of piece A, and whether the row exists (the free
+    slots are padding, except block 0's, which holds the constant: memory row 0)."""
+    pos, anchor, free, const = _piece_a(r)
+    row = _pair_row(tl.minimum(pos, anchor), tl.maximum(pos, anchor))
+    return tl.where(free, 0, row), const | (free == 0)
+
+
+@triton.jit
+def _state_rows(SYM: tl.constexpr):
+    """Memory rows (and which exist) of the pieces A0, A1, B in naive's layout (SYM) or in kernel order."""
+    r = tl.arange(0, 64)
+    if SYM:
+        m_a0, ok_a0 = _sym_rows_a(r)
+        m_a1, ok_a1 = _sym_rows_a(64 + r)
+        _, m_b = _rows_b()
+    else:
+        m_a0, ok_a0 = r, r >= 0
+        m_a1, ok_a1 = 64 + r, r >= 0
+        m_b = 128 + tl.arange(0, 32)
+    return m_a0, ok_a0, m_a1, ok_a1, m_b
+
+
+@triton.jit
+def _load_state(kv, z, cols, cmask, SYM: tl.constexpr, DV: tl.constexpr):
+    """One (b, h) state (``kv``/``z`` point at it) as fp32 pieces S_A0 [64, BV], S_A1, S_B [32, BV] and z_A0
+    [64], z_A1, z_B [32]; rows that do not exist load 0."""
+    m_a0, ok_a0, m_a1, ok_a1, m_b = _state_rows(SYM)
+    s_a0 = tl.load(kv + m_a0[:, None] * DV + cols[None, :], mask=ok_a0[:, None] & cmask[None, :], other=0.0)
+    s_a1 = tl.load(kv + m_a1[:, None] * DV + cols[None, :], mask=ok_a1[:, None] & cmask[None, :], other=0.0)
+    s_b = tl.load(kv + m_b[:, None] * DV + cols[None, :], mask=cmask[None, :], other=0.0)
+    z_a0 = tl.load(z + m_a0, mask=ok_a0, other=0.0)
+    z_a1 = tl.load(z + m_a1, mask=ok_a1, other=0.0)
+    return s_a0, s_a1, s_b, z_a0, z_a1, tl.load(z + m_b)
+
+
+@triton.jit
+def _store_state(kv, z, s_a0, s_a1, s_b, z_a0, z_a1, z_b, cols, cmask, write_z, SYM: tl.constexpr,
+                 DV: tl.constexpr):  # fmt: skip
+    """Store the pieces; z only where ``write_z`` (all value tiles of a head hold the same z)."""
+    m_a0, ok_a0, m_a1, ok_a1, m_b = _state_rows(SYM)
+    tl.store(kv + m_a0[:, None] * DV + cols[None, :], s_a0, mask=ok_a0[:, None] & cmask[None, :])
+    tl.store(kv + m_a1[:, None] * DV + cols[None, :], s_a1, mask=ok_a1[:, None] & cmask[None, :])
+    tl.store(kv + m_b[:, None] * DV + cols[None, :], s_b, mask=cmask[None, :])
+    if write_z:
+        tl.store(z + m_a0, z_a0, mask=ok_a0)
+        tl.store(z + m_a1, z_a1, mask=ok_a1)
+        tl.store(z + m_b, z_b)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Taylor features by selection MMAs
+# ---------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _select_a(HALF: tl.constexpr, dt: tl.constexpr, KEYS: tl.constexpr):
+    """Selection matrices of piece-A half HALF: E_pos[p, r] = [p == pos(r)], E_anc[p, r] = [p == anchor(r)]/4,
+    as [16, 64] (queries: X @ E) or transposed [64, 16] (keys: E^T @ X^T). 0, 1 and 1/4 are exact in any
+    dtype, so the MMAs return the inputs exactly."""
+    pos, anchor, _, _ = _piece_a(HALF * 64 + tl.arange(0, 64))
+    p = tl.arange(0, 16)
+    if KEYS:
+        e_pos = (pos[:, None] == p[None, :]).to(dt)
+        e_anc = tl.where(anchor[:, None] == p[None, :], 0.25, 0.0).to(dt)
+    else:
+        e_pos = (p[:, None] == pos[None, :]).to(dt)
+        e_anc = tl.where(p[:, None] == anchor[None, :], 0.25, 0.0).to(dt)
+    return e_pos, e_anc
+
+
+@triton.jit
+def _select_b(dt: tl.constexpr, KEYS: tl.constexpr):
+    """Selection of piece B: column (or row, for keys) r takes x_{r mod 16}."""
+    r = tl.arange(0, 32)
+    p = tl.arange(0, 16)
+    if KEYS:
+        return (r[:, None] % 16 == p[None, :]).to(dt)
+    return (p[:, None] == r[None, :] % 16).to(dt)
+
+
+@triton.jit
+def _query_features(qt, C: tl.constexpr, PREC: tl.constexpr):
+    """phi(Q) of a [C, 16] tile, token-major: fp32 [C, 64], [C, 64], [C, 32] (pieces A0, A1, B)."""
+    dt = qt.dtype
+    acc = tl.zeros([C, 64], tl.float32)
+    pos0, anc0 = _select_a(0, dt, False)
+    pos1, anc1 = _select_a(1, dt, False)
+    _, _, free0, const0 = _piece_a(tl.arange(0, 64))
+    _, _, free1, _ = _piece_a(64 + tl.arange(0, 64))
+    f_a0 = dot(qt, pos0, acc, PREC) * dot(qt, anc0, acc, PREC)
+    f_a0 = tl.where(free0[None, :], const0[None, :].to(tl.float32), f_a0)
+    f_a1 = tl.where(free1[None, :], 0.0, dot(qt, pos1, acc, PREC) * dot(qt, anc1, acc, PREC))
+    x_b = dot(qt, _select_b(dt, False), tl.zeros([C, 32], tl.float32), PREC)
+    f_b = tl.where(tl.arange(0, 32)[None, :] < 16, x_b * x_b * 0.17677669529663687, x_b * 0.5)
+    return f_a0, f_a1, f_b
+
+
+@triton.jit
+def _key_features(kt, valid, C: tl.constexpr, PREC: tl.constexpr):
+    """phi(K)^T of a [C, 16] tile, feature-major: fp32 [64, C], [64, C], [32, C]; tokens past the end (not
+    ``valid``) get all-zero features (their loaded keys are 0, so only the constant needs clearing)."""
+    dt = kt.dtype
+    ktt = tl.trans(kt)
+    acc = tl.zeros([64, C], tl.float32)
+    pos0, anc0 = _select_a(0, dt, True)
+    pos1, anc1 = _select_a(1, dt, True)
+    _, _, free0, const0 = _piece_a(tl.arange(0, 64))
+    _, _, free1, _ = _piece_a(64 + tl.arange(0, 64))
+    f_a0 = dot(pos0, ktt, acc, PREC) * dot(anc0, ktt, acc, PREC)
+    f_a0 = tl.where(free0[:, None], (const0[:, None] & valid[None, :]).to(tl.float32), f_a0)
+    f_a1 = tl.where(free1[:, None], 0.0, dot(pos1, ktt, acc, PREC) * dot(anc1, ktt, acc, PREC))
+    x_b = dot(_select_b(dt, True), ktt, tl.zeros([32, C], tl.float32), PREC)
+    f_b = tl.where(tl.arange(0, 32)[:, None] < 16, x_b * x_b * 0.17677669529663687, x_b * 0.5)
+    return f_a0, f_a1, f_b
+
+
+@triton.jit
+def _load_chunk(x_base, mask_base, offs_t, valid, width, cols, cmask, H, HAS_MASK: tl.constexpr):
+    """A [C, len(cols)] tile of one (b, h) from a [B, L, H, width] tensor; rows past the end load 0, and with
+    HAS_MASK rows whose key is masked too (keys are zeroed before the feature map, as in the reference)."""
+    m = valid[:, None] & cmask[None, :]
+    if HAS_MASK:
+        m = m & (tl.load(mask_base + offs_t, mask=valid, other=0) != 0)[:, None]
+    return tl.load(x_base + (offs_t * H * width)[:, None] + cols[None, :], mask=m, other=0.0)
+
+
+@triton.jit
+def _update(kt, vt, valid, s_a0, s_a1, s_b, z_a0, z_a1, z_b, C: tl.constexpr, PREC: tl.constexpr):
+    """``S += phi(K)^T V`` and ``z += phi(K)^T 1`` for one chunk."""
+    dt = vt.dtype
+    g_a0, g_a1, g_b = _key_features(kt, valid, C, PREC)
+    s_a0 = dot(g_a0.to(dt), vt, s_a0, PREC)
+    s_a1 = dot(g_a1.to(dt), vt, s_a1, PREC)
+    s_b = dot(g_b.to(dt), vt, s_b, PREC)
+    return s_a0, s_a1, s_b, z_a0 + tl.sum(g_a0, axis=1), z_a1 + tl.sum(g_a1, axis=1), z_b + tl.sum(g_b, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _ws_state_kernel(
+    k,  # [B, L, H, 16]
+    v,  # [B, L, H, DV]
+    key_mask,  # [B, L] uint8, or any pointer when not HAS_MASK
+    L,
+    N,  # tokens reduced: the first N <= L of each sequence
+    H,
+    SEG_LEN,  # tokens per segment, a multiple of C
+    kv_out,  # out: [B*H, 153, DV] (OUT_SYM, one segment) or [B*H, NSEG, 160, DV] fp32 in kernel order
+    z_out,  # out: [B*H, 153] or [B*H, NSEG, 160]
+    DV: tl.constexpr,
+    BV: tl.constexpr,
+    C: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    OUT_SYM: tl.constexpr,
+    PREC: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    """State ``sum phi(k_t) [v_t | 1]`` of one segment of the first N tokens: the whole encoder (one segment,
+    naive's layout out) or its split-K partials, and the segment states of the sequence-parallel causal pass.
+    Grid (value tiles, segments, B*H)."""
+    pid_v = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    cols = pid_v * BV + tl.arange(0, BV)
+    cmask = cols < DV
+    f = tl.arange(0, 16)
+    k_base = k + (b.to(tl.int64) * L * H + h) * 16
+    v_base = v + (b.to(tl.int64) * L * H + h) * DV
+    m_base = key_mask + b.to(tl.int64) * L
+    ci = tl.arange(0, C)
+
+    s_a0 = tl.zeros([64, BV], tl.float32)
+    s_a1 = tl.zeros([64, BV], tl.float32)
+    s_b = tl.zeros([32, BV], tl.float32)
+    z_a0 = tl.zeros([64], tl.float32)
+    z_a1 = tl.zeros([64], tl.float32)
+    z_b = tl.zeros([32], tl.float32)
+    t_start = pid_s * SEG_LEN
+    t_end = tl.minimum(t_start + SEG_LEN, N)
+    for t in tl.range(t_start, t_end, C, num_stages=STAGES):
+        offs_t = t + ci
+        valid = offs_t < t_end
+        vt = _load_chunk(v_base, m_base, offs_t, valid, DV, cols, cmask, H, False)
+        kt = _load_chunk(k_base, m_base, offs_t, valid, 16, f, f < 16, H, HAS_MASK).to(vt.dtype)
+        s_a0, s_a1, s_b, z_a0, z_a1, z_b = _update(kt, vt, valid, s_a0, s_a1, s_b, z_a0, z_a1, z_b, C, PREC)
+
+    if OUT_SYM:
+        kv_ptr = kv_out + pid_bh.to(tl.int64) * EXPANDED_DIM_C * DV
+        z_ptr = z_out + pid_bh.to(tl.int64) * EXPANDED_DIM_C
+    else:
+        seg = pid_bh.to(tl.int64) * tl.num_programs(1) + pid_s
+        kv_ptr = kv_out + seg * KERNEL_ROWS_C * DV
+        z_ptr = z_out + seg * KERNEL_ROWS_C
+    _store_state(kv_ptr, z_ptr, s_a0, s_a1, s_b, z_a0, z_a1, z_b, cols, cmask, pid_v == 0, OUT_SYM, DV)
+
+
+@triton.jit
+def _sum_segments(st_kv, st_z, bh, NSEG, first, last, cols, cmask, BV: tl.constexpr, DV: tl.constexpr):
+    """Sum of the segment states first..last-1 of one b*h (kernel order) as fp32 pieces."""
+    s_a0 = tl.zeros([64, BV], tl.float32)
+    s_a1 = tl.zeros([64, BV], tl.float32)
+    s_b = tl.zeros([32, BV], tl.float32)
+    z_a0 = tl.zeros([64], tl.float32)
+    z_a1 = tl.zeros([64], tl.float32)
+    z_b = tl.zeros([32], tl.float32)
+    for seg in range(first, last):
+        off = bh * NSEG + seg
+        d_a0, d_a1, d_b, dz_a0, dz_a1, dz_b = _load_state(
+            st_kv + off * KERNEL_ROWS_C * DV, st_z + off * KERNEL_ROWS_C, cols, cmask, False, DV
+        )
+        s_a0 += d_a0
+        s_a1 += d_a1
+        s_b += d_b
+        z_a0 += dz_a0
+        z_a1 += dz_a1
+        z_b += dz_b
+    return s_a0, s_a1, s_b, z_a0, z_a1, z_b
+
+
+@triton.jit
+def _ws_sum_states_kernel(
+    st_kv,  # [B*H, NSEG, 160, DV] fp32 partial states, kernel order
+    st_z,  # [B*H, NSEG, 160]
+    NSEG,
+    kv_out,  # out: [B*H, 153, DV] their sum, naive's layout
+    z_out,  # out: [B*H, 153]
+    DV: tl.constexpr,
+    BV: tl.constexpr,
+):
+    """The encoder's split-K reduction. Grid (value tiles, B*H)."""
+    pid_v = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    cols = pid_v * BV + tl.arange(0, BV)
+    cmask = cols < DV
+    s_a0, s_a1, s_b, z_a0, z_a1, z_b = _sum_segments(st_kv, st_z, pid_bh, NSEG, 0, NSEG, cols, cmask, BV, DV)
+    _store_state(
+        kv_out + pid_bh * EXPANDED_DIM_C * DV, z_out + pid_bh * EXPANDED_DIM_C,
+        s_a0, s_a1, s_b, z_a0, z_a1, z_b, cols, cmask, pid_v == 0, True, DV,
+    )  # fmt: skip
+
+
+@triton.jit
+def _ws_causal_kernel(
+    q,  # [B, L, H, 16]
+    k,  # [B, L, H, 16]
+    v,  # [B, L, H, DV]
+    kv_init,  # [B*H, 153, DV] fp32 initial state (naive's layout)
+    z_init,  # [B*H, 153]
+    st_kv,  # [B*H, NSEG - 1, 160, DV] states of the segments before the last (kernel order), when SPLIT
+    st_z,  # [B*H, NSEG - 1, 160]
+    key_mask,  # [B, L] uint8, or any pointer when not HAS_MASK
+    L,
+    H,
+    SEG_LEN,  # tokens per segment (a multiple of C); L when not SPLIT
+    o,  # out: [B, L, H, DV], dtype of v
+    kv_out,  # out: [B*H, 153, DV] final state, written by the last segment
+    z_out,  # out: [B*H, 153]
+    DV: tl.constexpr,
+    BV: tl.constexpr,
+    C: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PREC: tl.constexpr,
+    STAGES: tl.constexpr,
+    WS: tl.constexpr,
+):
+    """Causal chunked pass over one segment of one (b, h), for BV value columns. Grid (value tiles, segments,
+    B*H). Per chunk: ``o = (tril(1 + s + s^2/2) V + phi(Q) S) / (rowsum + phi(Q) z)``, then the update."""
+    pid_v = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    nseg = tl.num_programs(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    cols = pid_v * BV + tl.arange(0, BV)
+    cmask = cols < DV
+    f = tl.arange(0, 16)
+    bh64 = pid_bh.to(tl.int64)
+    row0 = b.to(tl.int64) * L * H + h
+    q_base = q + row0 * 16
+    k_base = k + row0 * 16
+    v_base = v + row0 * DV
+    o_base = o + row0 * DV
+    m_base = key_mask + b.to(tl.int64) * L
+    dt = v.dtype.element_ty
+
+    # The state before this segment: (kv0, z0) plus, in the split path, every earlier segment's state.
+    s_a0, s_a1, s_b, z_a0, z_a1, z_b = _load_state(
+        kv_init + bh64 * EXPANDED_DIM_C * DV, z_init + bh64 * EXPANDED_DIM_C, cols, cmask, True, DV
+    )
+    if SPLIT:
+        d_a0, d_a1, d_b, dz_a0, dz_a1, dz_b = _sum_segments(
+            st_kv, st_z, bh64, nseg - 1, 0, pid_s, cols, cmask, BV, DV
+        )
+        s_a0 += d_a0
+        s_a1 += d_a1
+        s_b += d_b
+        z_a0 += dz_a0
+        z_a1 += dz_a1
+        z_b += dz_b
+
+    ci = tl.arange(0, C)
+    causal = ci[:, None] >= ci[None, :]
+    t_start = pid_s * SEG_LEN
+    t_end = tl.minimum(t_start + SEG_LEN, L)
+    for t in tl.range(t_start, t_end, C, num_stages=STAGES, warp_specialize=WS):
+        offs_t = t + ci
+        valid = offs_t < t_end
+        vt = _load_chunk(v_base, m_base, offs_t, valid, DV, cols, cmask, H, False)
+        qt = _load_chunk(q_base, m_base, offs_t, valid, 16, f, f < 16, H, False).to(dt)
+        kt = _load_chunk(k_base, m_base, offs_t, valid, 16, f, f < 16, H, HAS_MASK).to(dt)
+
+        # Intra-chunk: 1 + s + s^2/2 from the 16-dim product; the causal mask also hides rows past the end.
+        s = dot(qt, tl.trans(kt), tl.zeros([C, C], tl.float32), PREC) * 0.25
+        a = tl.where(causal, 1.0 + s + 0.5 * s * s, 0.0)
+        acc = dot(a.to(dt), vt, tl.zeros([C, BV], tl.float32), PREC)
+        den = tl.sum(a, axis=1)
+
+        # Inter-chunk: the state from before this chunk, through the query features.
+        f_a0, f_a1, f_b = _query_features(qt, C, PREC)
+        acc = dot(f_a0.to(dt), s_a0.to(dt), acc, PREC)
+        acc = dot(f_a1.to(dt), s_a1.to(dt), acc, PREC)
+        acc = dot(f_b.to(dt), s_b.to(dt), acc, PREC)
+        den += tl.sum(f_a0 * z_a0[None, :], axis=1)
+        den += tl.sum(f_a1 * z_a1[None, :], axis=1)
+        den += tl.sum(f_b * z_b[None, :], axis=1)
+        out = acc / (den[:, None] + 1e-12)
+        tl.store(
+            o_base + (offs_t * H * DV)[:, None] + cols[None, :], out.to(o.dtype.element_ty),
+            mask=valid[:, None] & cmask[None, :],
+        )  # fmt: skip
+        s_a0, s_a1, s_b, z_a0, z_a1, z_b = _update(kt, vt, valid, s_a0, s_a1, s_b, z_a0, z_a1, z_b, C, PREC)
+
+    if pid_s == nseg - 1:
+        _store_state(
+            kv_out + bh64 * EXPANDED_DIM_C * DV, z_out + bh64 * EXPANDED_DIM_C,
+            s_a0, s_a1, s_b, z_a0, z_a1, z_b, cols, cmask, pid_v == 0, True, DV,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launch configuration
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WsConfig(chunk.PrefillConfig):
+    """Launch parameters of these kernels (fields as ``chunk.PrefillConfig``; ``num_stages`` is the depth
+    of the load pipeline of the chunk loop). ``warp_specialize`` asks Triton to split the chunk loop into
+    producer (loads) and consumer (MMA) warps. chunk must be 64 or more (M of the Hopper MMAs)."""
+
+    chunk: int = 64
+    num_stages: int = 3
+    warp_specialize: bool = False
+
+
+# Not measured yet (issue #9): first guesses from the compiled resources (benchmarks/kernel_resources.py).
+CAUSAL_CONFIG = WsConfig()
+ENCODER_CONFIG = WsConfig()
+
+
+def _block_v(dv: int, block_v: int | None) -> int:
+    return block_v if block_v is not None else 64
+
+
+def _causal_segments(programs: int, length: int, chunk_len: int, device: torch.device) -> int:
+    """Sequence segments per (b, h): as ``chunk._num_segments``, about two programs per SM when the
+    (value tile, b*h) programs alone leave SMs idle, each segment at least 4 chunks long. A split costs an
+    extra launch and one more pass over k and v. Symbolic shapes (torch.export) take the unsplit path."""
+    sms = num_sms(device)
+    if symbolic(programs, length) or programs >= sms:
+        return 1
+    return max(1, min((2 * sms) // programs, length // (4 * chunk_len)))
+
+
+def _encoder_segments(programs: int, count: int, chunk_len: int, device: torch.device) -> int:
+    """Split-K segments of the encoder: none (one launch) once the programs fill the SMs, else up to ~2 per
+    SM with at least 8 chunks each. Symbolic shapes take one segment."""
+    sms = num_sms(device)
+    if symbolic(programs, count) or programs >= sms:
+        return 1
+    return max(1, min(triton.cdiv(2 * sms, programs), count // (8 * chunk_len)))
+
+
+def _check_config(config: WsConfig, dv: int) -> int:
+    if config.chunk < 64 or config.chunk & (config.chunk - 1):
+        raise ValueError(f"chunk {config.chunk}: these kernels take a power of two >= 64")
+    bv = _block_v(dv, config.block_v)
+    if bv < 16 or bv & (bv - 1):
+        raise ValueError(f"block_v {bv}: a power of two >= 16")
+    return bv
+
+
+def _launch_kw(config: WsConfig) -> dict[str, int]:
+    kw = config.launch()
+    kw["num_stages"] = 1  # pipelining is the chunk loop's own (STAGES); no other loop has loads to pipeline
+    return kw
+
+
+def _segment_length(count: int, num_segments: int, chunk_len: int) -> tuple[int, int]:
+    seg_len = triton.cdiv(triton.cdiv(count, num_segments), chunk_len) * chunk_len
+    return seg_len, triton.cdiv(count, seg_len)
+
+
+def _segment_states(
+    k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, has_mask: bool, count: int, seg_len: int,
+    nseg: int, config: WsConfig, bv: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """States of ``nseg`` segments of ``seg_len`` tokens (kernel order): [B*H, nseg, 160, dv], z."""
+    batch, length, heads, _ = k.shape
+    dv = v.shape[-1]
+    st_kv = torch.empty(batch * heads, nseg, KERNEL_ROWS, dv, device=k.device, dtype=torch.float32)
+    st_z = torch.empty(batch * heads, nseg, KERNEL_ROWS, device=k.device, dtype=torch.float32)
+    launcher(_ws_state_kernel)[(triton.cdiv(dv, bv), nseg, batch * heads)](
+        k, v, mask, length, count, heads, seg_len, st_kv, st_z,
+        DV=dv, BV=bv, C=config.chunk, HAS_MASK=has_mask, OUT_SYM=False, PREC=dot_precision(v),
+        STAGES=config.num_stages, **_launch_kw(config),
+    )  # fmt: skip
+    return st_kv, st_z
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public functions (naive's signatures)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def pla_encode(
+    k_enc: torch.Tensor,
+    v_enc: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    enc_length: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-causal encoder state over the first ``enc_length`` of L tokens (see ``naive.pla_encode``):
+    kv [B,H,153,dv], z fp32."""
+    return pla_encode_with(k_enc, v_enc, key_mask, enc_length, config=ENCODER_CONFIG)
+
+
+def pla_encode_with(
+    k_enc: torch.Tensor,
+    v_enc: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    enc_length: int | None = None,
+    *,
+    config: WsConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pla_encode`` with explicit launch parameters (tests and benchmarks)."""
+    chunk._check_inputs("k_enc", k_enc, 4, FEATURE_DIM)
+    chunk._check_inputs("v_enc", v_enc, 4)
+    batch, length, heads, _ = k_enc.shape
+    dv = v_enc.shape[-1]
+    chunk._check_dv(dv)
+    bv = _check_config(config, dv)
+    count = length if enc_length is None else torch.sym_min(length, enc_length)
+    kv = torch.zeros(batch, heads, EXPANDED_DIM, dv, device=v_enc.device, dtype=torch.float32)
+    z = torch.zeros(batch, heads, EXPANDED_DIM, device=v_enc.device, dtype=torch.float32)
+    if count == 0 or batch * heads == 0:
+        return kv, z
+    check_runnable(v_enc, _ws_state_kernel)
+    dtype = compute_dtype(k_enc, v_enc)
+    k_enc = k_enc.to(dtype).contiguous()
+    v_enc = v_enc.to(dtype).contiguous()
+    mask = chunk._mask_arg(key_mask, (batch, length), v_enc)
+    nv = triton.cdiv(dv, bv)
+    nseg = config.num_segments
+    if nseg is None:
+        nseg = _encoder_segments(nv * batch * heads, count, config.chunk, v_enc.device)
+    seg_len, nseg = _segment_length(count, nseg, config.chunk)
+    if nseg == 1:
+        launcher(_ws_state_kernel)[(nv, 1, batch * heads)](
+            k_enc, v_enc, mask, length, count, heads, seg_len, kv, z,
+            DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, OUT_SYM=True,
+            PREC=dot_precision(v_enc), STAGES=config.num_stages, **_launch_kw(config),
+        )  # fmt: skip
+        return kv, z
+    st_kv, st_z = _segment_states(k_enc, v_enc, mask, key_mask is not None, count, seg_len, nseg, config, bv)
+    launcher(_ws_sum_states_kernel)[(nv, batch * heads)](st_kv, st_z, nseg, kv, z, DV=dv, BV=bv, num_warps=4)
+    return kv, z
+
+
+def pla_causal(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv0: torch.Tensor,
+    z0: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal linear attention from the state ``(kv0, z0)`` (see ``naive.pla_causal``) -> o, kv, z."""
+    return pla_causal_with(q, k, v, kv0, z0, key_mask, config=CAUSAL_CONFIG)
+
+
+def pla_causal_with(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv0: torch.Tensor,
+    z0: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    *,
+    config: WsConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``pla_causal`` with explicit launch parameters (tests and benchmarks)."""
+    chunk._check_inputs("q", q, 4, FEATURE_DIM)
+    chunk._check_inputs("k", k, 4, FEATURE_DIM)
+    chunk._check_inputs("v", v, 4)
+    batch, length, heads, _ = q.shape
+    dv = v.shape[-1]
+    chunk._check_dv(dv)
+    bv = _check_config(config, dv)
+    if tuple(k.shape) != tuple(q.shape) or tuple(v.shape[:3]) != (batch, length, heads):
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not agree")
+    if tuple(kv0.shape) != (batch, heads, EXPANDED_DIM, dv) or tuple(z0.shape) != (batch, heads, EXPANDED_DIM):
+        raise ValueError(f"kv0 {tuple(kv0.shape)} / z0 {tuple(z0.shape)} do not match q and v")
+    kv0 = kv0.to(device=v.device, dtype=torch.float32).contiguous()
+    z0 = z0.to(device=v.device, dtype=torch.float32).contiguous()
+    o = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+    if length == 0 or batch * heads == 0:
+        return o, kv0.clone(), z0.clone()
+    check_runnable(v, _ws_causal_kernel)
+    dtype = compute_dtype(q, k, v)
+    q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
+    mask = chunk._mask_arg(key_mask, (batch, length), v)
+    has_mask = key_mask is not None
+    kv = torch.empty_like(kv0)
+    z = torch.empty_like(z0)
+    nv = triton.cdiv(dv, bv)
+    nseg = config.num_segments
+    if nseg is None:
+        nseg = _causal_segments(nv * batch * heads, length, config.chunk, v.device)
+    seg_len, nseg = _segment_length(length, nseg, config.chunk)
+    # Split path: the states of all segments but the last, which each causal program sums up to its own.
+    st_kv, st_z = kv0, z0  # never read when not split
+    if nseg > 1:
+        st_kv, st_z = _segment_states(k, v, mask, has_mask, length, seg_len, nseg - 1, config, bv)
+    launcher(_ws_causal_kernel)[(nv, nseg, batch * heads)](
+        q, k, v, kv0, z0, st_kv, st_z, mask, length, heads, seg_len, o, kv, z,
+        DV=dv, BV=bv, C=config.chunk, HAS_MASK=has_mask, SPLIT=nseg > 1, PREC=dot_precision(v),
+        STAGES=config.num_stages, WS=config.warp_specialize, **_launch_kw(config),
+    )  # fmt: skip
+    return o, kv, z
+
+
+__all__ = [
+    "CAUSAL_CONFIG",
+    "ENCODER_CONFIG",
+    "WsConfig",
+    "naive",
+    "pla_causal",
+    "pla_causal_with",
+    "pla_encode",
+    "pla_encode_with",
+]
