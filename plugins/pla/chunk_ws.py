@@ -40,20 +40,25 @@ import triton.language as tl
 
 from .._triton import check_runnable, compute_dtype, dot, dot_precision, launcher, num_sms, symbolic
 from . import chunk, naive
-from ._common import EXPANDED_DIM, FEATURE_DIM, KERNEL_ROWS, _pair_row, _rows_b
+from ._common import EXPANDED_DIM, FEATURE_DIM, _pair_row, _rows_b
 
-KERNEL_ROWS_C: tl.constexpr = tl.constexpr(KERNEL_ROWS)
 EXPANDED_DIM_C: tl.constexpr = tl.constexpr(EXPANDED_DIM)
 
 # ---------------------------------------------------------------------------------------------------------
-# Kernel order, in three pieces: A0 = rows 0..63 and A1 = rows 64..127 (anchored pairs, see _common), B = rows
-# 128..159 (diagonal, then linear). Two 64-row halves of piece A keep the live register tiles small.
+# The state inside the kernels. Numerator S = sum phi(k) v^T in three pieces of kernel-order rows (see
+# _common): A0 = rows 0..63 and A1 = rows 64..127 (anchored pairs; row 0 holds the constant feature),
+# carried as [64, BV]; B = rows 128..159 (diagonal, then linear), carried transposed as S_B^T [BV, 32] so
+# that its update is an MMA with M = BV. The normalizer z = sum phi(k) in Gram form: with s = q.k/4,
+#   phi(q).z = N + q.(sum k)/4 + q^T G q / 32,   G = sum k k^T [16, 16],
+# so it is carried as G, Zl [16, 16] (sum k in column 0) and the token count N, updated by two tiny MMAs
+# and read out by three [C, 16] ones, all in fp32 accumulators (no 153-wide z vector per chunk).
+# In memory every state is in naive's 153-row layout.
 # ---------------------------------------------------------------------------------------------------------
 
 
 @triton.jit
 def _piece_a(r):
-    """Kernel-order rows r of piece A -> (position p, anchor a, is the free slot, holds the constant 1)."""
+    """Kernel-order rows r of piece A -> (position p, anchor a, is a free slot, holds the constant 1)."""
     blk = r // 16
     pos = r % 16
     d = (pos - blk + 16) % 16
@@ -63,53 +68,77 @@ def _piece_a(r):
 
 @triton.jit
 def _sym_rows_a(r):
-    """Rows of naive's 153 layout for kernel-order rows r of piece A, and whether the row exists (the free
-    slots are padding, except block 0's, which holds the constant: memory row 0)."""
+    """Rows of naive's 153 layout for kernel-order rows r of piece A, and whether the row exists (free slots
+    are padding, except block 0's, which holds the constant: memory row 0)."""
     pos, anchor, free, const = _piece_a(r)
     row = _pair_row(tl.minimum(pos, anchor), tl.maximum(pos, anchor))
     return tl.where(free, 0, row), const | (free == 0)
 
 
 @triton.jit
-def _state_rows(SYM: tl.constexpr):
-    """Memory rows (and which exist) of the pieces A0, A1, B in naive's layout (SYM) or in kernel order."""
-    r = tl.arange(0, 64)
-    if SYM:
-        m_a0, ok_a0 = _sym_rows_a(r)
-        m_a1, ok_a1 = _sym_rows_a(64 + r)
-        _, m_b = _rows_b()
-    else:
-        m_a0, ok_a0 = r, r >= 0
-        m_a1, ok_a1 = 64 + r, r >= 0
-        m_b = 128 + tl.arange(0, 32)
-    return m_a0, ok_a0, m_a1, ok_a1, m_b
+def _gram_index():
+    """[16, 16] views of z: memory row of the pair (i, j) and the factor G_ij / z_row (1/c_ij)."""
+    i = tl.arange(0, 16)[:, None]
+    j = tl.arange(0, 16)[None, :]
+    row = _pair_row(tl.minimum(i, j), tl.maximum(i, j))
+    return i, j, row, tl.where(i == j, 5.656854249492381, 4.0)  # sqrt(32), 4
 
 
 @triton.jit
-def _load_state(kv, z, cols, cmask, SYM: tl.constexpr, DV: tl.constexpr):
-    """One (b, h) state (``kv``/``z`` point at it) as fp32 pieces S_A0 [64, BV], S_A1, S_B [32, BV] and z_A0
-    [64], z_A1, z_B [32]; rows that do not exist load 0."""
-    m_a0, ok_a0, m_a1, ok_a1, m_b = _state_rows(SYM)
+def _load_state(kv, z, cols, cmask, DV: tl.constexpr):
+    """One (b, h) state in naive's layout (``kv``/``z`` point at it) -> S_A0, S_A1 [64, BV], S_B [32, BV],
+    G, Zl [16, 16], N (fp32)."""
+    r = tl.arange(0, 64)
+    m_a0, ok_a0 = _sym_rows_a(r)
+    m_a1, ok_a1 = _sym_rows_a(64 + r)
+    _, m_b = _rows_b()
     s_a0 = tl.load(kv + m_a0[:, None] * DV + cols[None, :], mask=ok_a0[:, None] & cmask[None, :], other=0.0)
     s_a1 = tl.load(kv + m_a1[:, None] * DV + cols[None, :], mask=ok_a1[:, None] & cmask[None, :], other=0.0)
     s_b = tl.load(kv + m_b[:, None] * DV + cols[None, :], mask=cmask[None, :], other=0.0)
-    z_a0 = tl.load(z + m_a0, mask=ok_a0, other=0.0)
-    z_a1 = tl.load(z + m_a1, mask=ok_a1, other=0.0)
-    return s_a0, s_a1, s_b, z_a0, z_a1, tl.load(z + m_b)
+    i, j, row, factor = _gram_index()
+    gram = tl.load(z + row) * factor
+    zl = tl.load(z + 1 + i + j, mask=j == 0, other=0.0) * 2.0
+    return s_a0, s_a1, s_b, gram, zl, tl.load(z)
 
 
 @triton.jit
-def _store_state(kv, z, s_a0, s_a1, s_b, z_a0, z_a1, z_b, cols, cmask, write_z, SYM: tl.constexpr,
-                 DV: tl.constexpr):  # fmt: skip
-    """Store the pieces; z only where ``write_z`` (all value tiles of a head hold the same z)."""
-    m_a0, ok_a0, m_a1, ok_a1, m_b = _state_rows(SYM)
+def _store_state(kv, z, s_a0, s_a1, s_b, gram, zl, count, cols, cmask, write_z, DV: tl.constexpr):
+    """Store a state into naive's layout; z only where ``write_z`` (every value tile holds the same z)."""
+    r = tl.arange(0, 64)
+    m_a0, ok_a0 = _sym_rows_a(r)
+    m_a1, ok_a1 = _sym_rows_a(64 + r)
+    _, m_b = _rows_b()
     tl.store(kv + m_a0[:, None] * DV + cols[None, :], s_a0, mask=ok_a0[:, None] & cmask[None, :])
     tl.store(kv + m_a1[:, None] * DV + cols[None, :], s_a1, mask=ok_a1[:, None] & cmask[None, :])
     tl.store(kv + m_b[:, None] * DV + cols[None, :], s_b, mask=cmask[None, :])
     if write_z:
-        tl.store(z + m_a0, z_a0, mask=ok_a0)
-        tl.store(z + m_a1, z_a1, mask=ok_a1)
-        tl.store(z + m_b, z_b)
+        i, j, row, factor = _gram_index()
+        tl.store(z + row, gram / factor, mask=i <= j)
+        tl.store(z + 1 + i + j, zl * 0.5, mask=j == 0)
+        tl.store(z, count)
+
+
+@triton.jit
+def _sum_states(kv, z, bh, first, last, cols, cmask, BV: tl.constexpr, DV: tl.constexpr):
+    """Sum of the states first..last-1 of one b*h in a [B*H, NSEG, 153, DV] stack (naive's layout); the
+    arguments of a zero state when the range is empty."""
+    s_a0 = tl.zeros([64, BV], tl.float32)
+    s_a1 = tl.zeros([64, BV], tl.float32)
+    s_b = tl.zeros([32, BV], tl.float32)
+    gram = tl.zeros([16, 16], tl.float32)
+    zl = tl.zeros([16, 16], tl.float32)
+    count = 0.0
+    for seg in range(first, last):
+        d_a0, d_a1, d_b, d_gram, d_zl, d_count = _load_state(
+            kv + (bh + seg) * EXPANDED_DIM_C * DV, z + (bh + seg) * EXPANDED_DIM_C, cols, cmask, DV
+        )
+        s_a0 += d_a0
+        s_a1 += d_a1
+        s_b += d_b
+        gram += d_gram
+        zl += d_zl
+        count += d_count
+    return s_a0, s_a1, s_b, gram, zl, count
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -120,9 +149,10 @@ def _store_state(kv, z, s_a0, s_a1, s_b, z_a0, z_a1, z_b, cols, cmask, write_z, 
 @triton.jit
 def _select_a(HALF: tl.constexpr, dt: tl.constexpr, KEYS: tl.constexpr):
     """Selection matrices of piece-A half HALF: E_pos[p, r] = [p == pos(r)], E_anc[p, r] = [p == anchor(r)]/4,
-    as [16, 64] (queries: X @ E) or transposed [64, 16] (keys: E^T @ X^T). 0, 1 and 1/4 are exact in any
-    dtype, so the MMAs return the inputs exactly."""
-    pos, anchor, _, _ = _piece_a(HALF * 64 + tl.arange(0, 64))
+    [16, 64] for queries (X @ E) or transposed [64, 16] for keys (E^T @ X^T). 0, 1 and 1/4 are exact in any
+    dtype, so the MMAs return the inputs exactly. Free slots select nothing (their features come out 0)."""
+    pos, anchor, free, _ = _piece_a(HALF * 64 + tl.arange(0, 64))
+    anchor = tl.where(free, -1, anchor)
     p = tl.arange(0, 16)
     if KEYS:
         e_pos = (pos[:, None] == p[None, :]).to(dt)
@@ -134,49 +164,52 @@ def _select_a(HALF: tl.constexpr, dt: tl.constexpr, KEYS: tl.constexpr):
 
 
 @triton.jit
-def _select_b(dt: tl.constexpr, KEYS: tl.constexpr):
-    """Selection of piece B: column (or row, for keys) r takes x_{r mod 16}."""
-    r = tl.arange(0, 32)
-    p = tl.arange(0, 16)
-    if KEYS:
-        return (r[:, None] % 16 == p[None, :]).to(dt)
-    return (p[:, None] == r[None, :] % 16).to(dt)
-
-
-@triton.jit
-def _query_features(qt, C: tl.constexpr, PREC: tl.constexpr):
-    """phi(Q) of a [C, 16] tile, token-major: fp32 [C, 64], [C, 64], [C, 32] (pieces A0, A1, B)."""
-    dt = qt.dtype
+def _query_features_a(qt, C: tl.constexpr, PREC: tl.constexpr):
+    """Piece A of phi(Q) for a [C, 16] tile, token-major: fp32 [C, 64] halves A0, A1 (the read-out's left
+    operands)."""
     acc = tl.zeros([C, 64], tl.float32)
-    pos0, anc0 = _select_a(0, dt, False)
-    pos1, anc1 = _select_a(1, dt, False)
-    _, _, free0, const0 = _piece_a(tl.arange(0, 64))
-    _, _, free1, _ = _piece_a(64 + tl.arange(0, 64))
-    f_a0 = dot(qt, pos0, acc, PREC) * dot(qt, anc0, acc, PREC)
-    f_a0 = tl.where(free0[None, :], const0[None, :].to(tl.float32), f_a0)
-    f_a1 = tl.where(free1[None, :], 0.0, dot(qt, pos1, acc, PREC) * dot(qt, anc1, acc, PREC))
-    x_b = dot(qt, _select_b(dt, False), tl.zeros([C, 32], tl.float32), PREC)
-    f_b = tl.where(tl.arange(0, 32)[None, :] < 16, x_b * x_b * 0.17677669529663687, x_b * 0.5)
-    return f_a0, f_a1, f_b
+    pos0, anc0 = _select_a(0, qt.dtype, False)
+    pos1, anc1 = _select_a(1, qt.dtype, False)
+    const = tl.arange(0, 64)[None, :] == 0
+    f_a0 = tl.where(const, 1.0, dot(qt, pos0, acc, PREC) * dot(qt, anc0, acc, PREC))
+    return f_a0, dot(qt, pos1, acc, PREC) * dot(qt, anc1, acc, PREC)
 
 
 @triton.jit
-def _key_features(kt, valid, C: tl.constexpr, PREC: tl.constexpr):
-    """phi(K)^T of a [C, 16] tile, feature-major: fp32 [64, C], [64, C], [32, C]; tokens past the end (not
-    ``valid``) get all-zero features (their loaded keys are 0, so only the constant needs clearing)."""
-    dt = kt.dtype
+def _key_features_a(kt, C: tl.constexpr, PREC: tl.constexpr):
+    """Piece A of phi(K)^T for a [C, 16] tile, feature-major: fp32 [64, C] halves A0, A1 (the update's left
+    operands). Rows past the end get the constant too; their v is 0, so they add nothing."""
     ktt = tl.trans(kt)
     acc = tl.zeros([64, C], tl.float32)
-    pos0, anc0 = _select_a(0, dt, True)
-    pos1, anc1 = _select_a(1, dt, True)
-    _, _, free0, const0 = _piece_a(tl.arange(0, 64))
-    _, _, free1, _ = _piece_a(64 + tl.arange(0, 64))
-    f_a0 = dot(pos0, ktt, acc, PREC) * dot(anc0, ktt, acc, PREC)
-    f_a0 = tl.where(free0[:, None], (const0[:, None] & valid[None, :]).to(tl.float32), f_a0)
-    f_a1 = tl.where(free1[:, None], 0.0, dot(pos1, ktt, acc, PREC) * dot(anc1, ktt, acc, PREC))
-    x_b = dot(_select_b(dt, True), ktt, tl.zeros([32, C], tl.float32), PREC)
-    f_b = tl.where(tl.arange(0, 32)[:, None] < 16, x_b * x_b * 0.17677669529663687, x_b * 0.5)
-    return f_a0, f_a1, f_b
+    pos0, anc0 = _select_a(0, kt.dtype, True)
+    pos1, anc1 = _select_a(1, kt.dtype, True)
+    const = tl.arange(0, 64)[:, None] == 0
+    f_a0 = tl.where(const, 1.0, dot(pos0, ktt, acc, PREC) * dot(anc0, ktt, acc, PREC))
+    return f_a0, dot(pos1, ktt, acc, PREC) * dot(anc1, ktt, acc, PREC)
+
+
+@triton.jit
+def _features_b(xt, C: tl.constexpr, PREC: tl.constexpr):
+    """Piece B of phi(X) for a [C, 16] tile, token-major (queries and keys): fp32 [C, 32], the diagonal
+    x_p^2 / sqrt(32), then x_p / 2, from ``X @ E_b`` with E_b[p, r] = [p == r mod 16]."""
+    r = tl.arange(0, 32)
+    e_b = (tl.arange(0, 16)[:, None] == r[None, :] % 16).to(xt.dtype)
+    x_b = dot(xt, e_b, tl.zeros([C, 32], tl.float32), PREC)
+    return tl.where(r[None, :] < 16, x_b * x_b * 0.17677669529663687, x_b * 0.5)
+
+
+@triton.jit
+def _dot_f32(a, b, PREC: tl.constexpr):
+    """``a @ b`` for an fp32 ``b`` (a normalizer matrix that may hold large sums): with half-precision
+    operands ``b`` is split into a high and a low half-precision part (about 16 bits kept)."""
+    acc = tl.zeros([a.shape[0], b.shape[1]], tl.float32)
+    if PREC == "":
+        hi = b.to(a.dtype)
+        acc = dot(a, hi, acc, PREC)
+        acc = dot(a, (b - hi.to(tl.float32)).to(a.dtype), acc, PREC)
+    else:
+        acc = dot(a, b, acc, PREC)
+    return acc
 
 
 @triton.jit
@@ -190,14 +223,19 @@ def _load_chunk(x_base, mask_base, offs_t, valid, width, cols, cmask, H, HAS_MAS
 
 
 @triton.jit
-def _update(kt, vt, valid, s_a0, s_a1, s_b, z_a0, z_a1, z_b, C: tl.constexpr, PREC: tl.constexpr):
-    """``S += phi(K)^T V`` and ``z += phi(K)^T 1`` for one chunk."""
+def _update(kt, vt, n_valid, s_a0, s_a1, s_bt, gram, zl, count, C: tl.constexpr, PREC: tl.constexpr):
+    """Add one chunk: ``S += phi(K)^T V`` (piece B as ``S_B^T += V^T phi_B(K)``), ``G += K^T K``,
+    ``Zl[:, 0] += K^T 1``, ``N += n_valid``."""
     dt = vt.dtype
-    g_a0, g_a1, g_b = _key_features(kt, valid, C, PREC)
+    g_a0, g_a1 = _key_features_a(kt, C, PREC)
     s_a0 = dot(g_a0.to(dt), vt, s_a0, PREC)
     s_a1 = dot(g_a1.to(dt), vt, s_a1, PREC)
-    s_b = dot(g_b.to(dt), vt, s_b, PREC)
-    return s_a0, s_a1, s_b, z_a0 + tl.sum(g_a0, axis=1), z_a1 + tl.sum(g_a1, axis=1), z_b + tl.sum(g_b, axis=1)
+    s_bt = dot(tl.trans(vt), _features_b(kt, C, PREC).to(dt), s_bt, PREC)
+    ktt = tl.trans(kt)
+    gram = dot(ktt, kt, gram, PREC)
+    ones0 = tl.where((tl.arange(0, C)[:, None] >= 0) & (tl.arange(0, 16)[None, :] == 0), 1.0, 0.0).to(dt)
+    zl = dot(ktt, ones0, zl, PREC)
+    return s_a0, s_a1, s_bt, gram, zl, count + n_valid
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,18 +252,17 @@ def _ws_state_kernel(
     N,  # tokens reduced: the first N <= L of each sequence
     H,
     SEG_LEN,  # tokens per segment, a multiple of C
-    kv_out,  # out: [B*H, 153, DV] (OUT_SYM, one segment) or [B*H, NSEG, 160, DV] fp32 in kernel order
-    z_out,  # out: [B*H, 153] or [B*H, NSEG, 160]
+    kv_out,  # out: [B*H, NSEG, 153, DV] fp32 (naive's layout)
+    z_out,  # out: [B*H, NSEG, 153]
     DV: tl.constexpr,
     BV: tl.constexpr,
     C: tl.constexpr,
     HAS_MASK: tl.constexpr,
-    OUT_SYM: tl.constexpr,
     PREC: tl.constexpr,
     STAGES: tl.constexpr,
 ):
-    """State ``sum phi(k_t) [v_t | 1]`` of one segment of the first N tokens: the whole encoder (one segment,
-    naive's layout out) or its split-K partials, and the segment states of the sequence-parallel causal pass.
+    """State ``sum phi(k_t) [v_t | 1]`` of each segment of the first N tokens: the whole encoder (one
+    segment) or its split-K partials, and the segment states of the sequence-parallel causal pass.
     Grid (value tiles, segments, B*H)."""
     pid_v = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -242,10 +279,10 @@ def _ws_state_kernel(
 
     s_a0 = tl.zeros([64, BV], tl.float32)
     s_a1 = tl.zeros([64, BV], tl.float32)
-    s_b = tl.zeros([32, BV], tl.float32)
-    z_a0 = tl.zeros([64], tl.float32)
-    z_a1 = tl.zeros([64], tl.float32)
-    z_b = tl.zeros([32], tl.float32)
+    s_bt = tl.zeros([BV, 32], tl.float32)
+    gram = tl.zeros([16, 16], tl.float32)
+    zl = tl.zeros([16, 16], tl.float32)
+    count = 0.0
     t_start = pid_s * SEG_LEN
     t_end = tl.minimum(t_start + SEG_LEN, N)
     for t in tl.range(t_start, t_end, C, num_stages=STAGES):
@@ -253,47 +290,22 @@ def _ws_state_kernel(
         valid = offs_t < t_end
         vt = _load_chunk(v_base, m_base, offs_t, valid, DV, cols, cmask, H, False)
         kt = _load_chunk(k_base, m_base, offs_t, valid, 16, f, f < 16, H, HAS_MASK).to(vt.dtype)
-        s_a0, s_a1, s_b, z_a0, z_a1, z_b = _update(kt, vt, valid, s_a0, s_a1, s_b, z_a0, z_a1, z_b, C, PREC)
+        n_valid = tl.minimum(t_end - t, C).to(tl.float32)
+        s_a0, s_a1, s_bt, gram, zl, count = _update(kt, vt, n_valid, s_a0, s_a1, s_bt, gram, zl, count, C, PREC)
 
-    if OUT_SYM:
-        kv_ptr = kv_out + pid_bh.to(tl.int64) * EXPANDED_DIM_C * DV
-        z_ptr = z_out + pid_bh.to(tl.int64) * EXPANDED_DIM_C
-    else:
-        seg = pid_bh.to(tl.int64) * tl.num_programs(1) + pid_s
-        kv_ptr = kv_out + seg * KERNEL_ROWS_C * DV
-        z_ptr = z_out + seg * KERNEL_ROWS_C
-    _store_state(kv_ptr, z_ptr, s_a0, s_a1, s_b, z_a0, z_a1, z_b, cols, cmask, pid_v == 0, OUT_SYM, DV)
-
-
-@triton.jit
-def _sum_segments(st_kv, st_z, bh, NSEG, first, last, cols, cmask, BV: tl.constexpr, DV: tl.constexpr):
-    """Sum of the segment states first..last-1 of one b*h (kernel order) as fp32 pieces."""
-    s_a0 = tl.zeros([64, BV], tl.float32)
-    s_a1 = tl.zeros([64, BV], tl.float32)
-    s_b = tl.zeros([32, BV], tl.float32)
-    z_a0 = tl.zeros([64], tl.float32)
-    z_a1 = tl.zeros([64], tl.float32)
-    z_b = tl.zeros([32], tl.float32)
-    for seg in range(first, last):
-        off = bh * NSEG + seg
-        d_a0, d_a1, d_b, dz_a0, dz_a1, dz_b = _load_state(
-            st_kv + off * KERNEL_ROWS_C * DV, st_z + off * KERNEL_ROWS_C, cols, cmask, False, DV
-        )
-        s_a0 += d_a0
-        s_a1 += d_a1
-        s_b += d_b
-        z_a0 += dz_a0
-        z_a1 += dz_a1
-        z_b += dz_b
-    return s_a0, s_a1, s_b, z_a0, z_a1, z_b
+    seg = pid_bh.to(tl.int64) * tl.num_programs(1) + pid_s
+    _store_state(
+        kv_out + seg * EXPANDED_DIM_C * DV, z_out + seg * EXPANDED_DIM_C,
+        s_a0, s_a1, tl.trans(s_bt), gram, zl, count, cols, cmask, pid_v == 0, DV,
+    )  # fmt: skip
 
 
 @triton.jit
 def _ws_sum_states_kernel(
-    st_kv,  # [B*H, NSEG, 160, DV] fp32 partial states, kernel order
-    st_z,  # [B*H, NSEG, 160]
+    st_kv,  # [B*H, NSEG, 153, DV] fp32 partial states
+    st_z,  # [B*H, NSEG, 153]
     NSEG,
-    kv_out,  # out: [B*H, 153, DV] their sum, naive's layout
+    kv_out,  # out: [B*H, 153, DV] their sum
     z_out,  # out: [B*H, 153]
     DV: tl.constexpr,
     BV: tl.constexpr,
@@ -303,10 +315,10 @@ def _ws_sum_states_kernel(
     pid_bh = tl.program_id(1).to(tl.int64)
     cols = pid_v * BV + tl.arange(0, BV)
     cmask = cols < DV
-    s_a0, s_a1, s_b, z_a0, z_a1, z_b = _sum_segments(st_kv, st_z, pid_bh, NSEG, 0, NSEG, cols, cmask, BV, DV)
+    s_a0, s_a1, s_b, gram, zl, count = _sum_states(st_kv, st_z, pid_bh * NSEG, 0, NSEG, cols, cmask, BV, DV)
     _store_state(
         kv_out + pid_bh * EXPANDED_DIM_C * DV, z_out + pid_bh * EXPANDED_DIM_C,
-        s_a0, s_a1, s_b, z_a0, z_a1, z_b, cols, cmask, pid_v == 0, True, DV,
+        s_a0, s_a1, s_b, gram, zl, count, cols, cmask, pid_v == 0, DV,
     )  # fmt: skip
 
 
@@ -317,8 +329,8 @@ def _ws_causal_kernel(
     v,  # [B, L, H, DV]
     kv_init,  # [B*H, 153, DV] fp32 initial state (naive's layout)
     z_init,  # [B*H, 153]
-    st_kv,  # [B*H, NSEG - 1, 160, DV] states of the segments before the last (kernel order), when SPLIT
-    st_z,  # [B*H, NSEG - 1, 160]
+    st_kv,  # [B*H, NSEG - 1, 153, DV] states of the segments before the last, when SPLIT
+    st_z,  # [B*H, NSEG - 1, 153]
     key_mask,  # [B, L] uint8, or any pointer when not HAS_MASK
     L,
     H,
@@ -336,7 +348,7 @@ def _ws_causal_kernel(
     WS: tl.constexpr,
 ):
     """Causal chunked pass over one segment of one (b, h), for BV value columns. Grid (value tiles, segments,
-    B*H). Per chunk: ``o = (tril(1 + s + s^2/2) V + phi(Q) S) / (rowsum + phi(Q) z)``, then the update."""
+    B*H). Per chunk: ``o = (tril(1 + s + s^2/2) V + phi(Q) S) / (rowsum + phi(Q).z)``, then the update."""
     pid_v = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -356,22 +368,24 @@ def _ws_causal_kernel(
     dt = v.dtype.element_ty
 
     # The state before this segment: (kv0, z0) plus, in the split path, every earlier segment's state.
-    s_a0, s_a1, s_b, z_a0, z_a1, z_b = _load_state(
-        kv_init + bh64 * EXPANDED_DIM_C * DV, z_init + bh64 * EXPANDED_DIM_C, cols, cmask, True, DV
+    s_a0, s_a1, s_b, gram, zl, count = _load_state(
+        kv_init + bh64 * EXPANDED_DIM_C * DV, z_init + bh64 * EXPANDED_DIM_C, cols, cmask, DV
     )
     if SPLIT:
-        d_a0, d_a1, d_b, dz_a0, dz_a1, dz_b = _sum_segments(
-            st_kv, st_z, bh64, nseg - 1, 0, pid_s, cols, cmask, BV, DV
+        d_a0, d_a1, d_b, d_gram, d_zl, d_count = _sum_states(
+            st_kv, st_z, bh64 * (nseg - 1), 0, pid_s, cols, cmask, BV, DV
         )
         s_a0 += d_a0
         s_a1 += d_a1
         s_b += d_b
-        z_a0 += dz_a0
-        z_a1 += dz_a1
-        z_b += dz_b
+        gram += d_gram
+        zl += d_zl
+        count += d_count
+    s_bt = tl.trans(s_b)
 
     ci = tl.arange(0, C)
     causal = ci[:, None] >= ci[None, :]
+    eye = (f[:, None] == f[None, :]).to(dt)
     t_start = pid_s * SEG_LEN
     t_end = tl.minimum(t_start + SEG_LEN, L)
     for t in tl.range(t_start, t_end, C, num_stages=STAGES, warp_specialize=WS):
@@ -385,27 +399,28 @@ def _ws_causal_kernel(
         s = dot(qt, tl.trans(kt), tl.zeros([C, C], tl.float32), PREC) * 0.25
         a = tl.where(causal, 1.0 + s + 0.5 * s * s, 0.0)
         acc = dot(a.to(dt), vt, tl.zeros([C, BV], tl.float32), PREC)
-        den = tl.sum(a, axis=1)
 
         # Inter-chunk: the state from before this chunk, through the query features.
-        f_a0, f_a1, f_b = _query_features(qt, C, PREC)
+        f_a0, f_a1 = _query_features_a(qt, C, PREC)
         acc = dot(f_a0.to(dt), s_a0.to(dt), acc, PREC)
         acc = dot(f_a1.to(dt), s_a1.to(dt), acc, PREC)
-        acc = dot(f_b.to(dt), s_b.to(dt), acc, PREC)
-        den += tl.sum(f_a0 * z_a0[None, :], axis=1)
-        den += tl.sum(f_a1 * z_a1[None, :], axis=1)
-        den += tl.sum(f_b * z_b[None, :], axis=1)
+        acc = dot(_features_b(qt, C, PREC).to(dt), tl.trans(s_bt.to(dt)), acc, PREC)
+        # Normalizer: rowsum(a) + N + q.(sum k)/4 + q^T G q / 32, in fp32.
+        qf = dot(qt, eye, tl.zeros([C, 16], tl.float32), PREC)
+        quad = qf * _dot_f32(qt, gram * 0.03125, PREC) + _dot_f32(qt, zl * 0.25, PREC)
+        den = tl.sum(a, axis=1) + count + tl.sum(quad, axis=1)
         out = acc / (den[:, None] + 1e-12)
         tl.store(
             o_base + (offs_t * H * DV)[:, None] + cols[None, :], out.to(o.dtype.element_ty),
             mask=valid[:, None] & cmask[None, :],
         )  # fmt: skip
-        s_a0, s_a1, s_b, z_a0, z_a1, z_b = _update(kt, vt, valid, s_a0, s_a1, s_b, z_a0, z_a1, z_b, C, PREC)
+        n_valid = tl.minimum(t_end - t, C).to(tl.float32)
+        s_a0, s_a1, s_bt, gram, zl, count = _update(kt, vt, n_valid, s_a0, s_a1, s_bt, gram, zl, count, C, PREC)
 
     if pid_s == nseg - 1:
         _store_state(
             kv_out + bh64 * EXPANDED_DIM_C * DV, z_out + bh64 * EXPANDED_DIM_C,
-            s_a0, s_a1, s_b, z_a0, z_a1, z_b, cols, cmask, pid_v == 0, True, DV,
+            s_a0, s_a1, tl.trans(s_bt), gram, zl, count, cols, cmask, pid_v == 0, DV,
         )  # fmt: skip
 
 
@@ -477,14 +492,14 @@ def _segment_states(
     k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, has_mask: bool, count: int, seg_len: int,
     nseg: int, config: WsConfig, bv: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """States of ``nseg`` segments of ``seg_len`` tokens (kernel order): [B*H, nseg, 160, dv], z."""
+    """States of ``nseg`` segments of ``seg_len`` tokens: [B*H, nseg, 153, dv], z [B*H, nseg, 153]."""
     batch, length, heads, _ = k.shape
     dv = v.shape[-1]
-    st_kv = torch.empty(batch * heads, nseg, KERNEL_ROWS, dv, device=k.device, dtype=torch.float32)
-    st_z = torch.empty(batch * heads, nseg, KERNEL_ROWS, device=k.device, dtype=torch.float32)
+    st_kv = torch.empty(batch * heads, nseg, EXPANDED_DIM, dv, device=k.device, dtype=torch.float32)
+    st_z = torch.empty(batch * heads, nseg, EXPANDED_DIM, device=k.device, dtype=torch.float32)
     launcher(_ws_state_kernel)[(triton.cdiv(dv, bv), nseg, batch * heads)](
         k, v, mask, length, count, heads, seg_len, st_kv, st_z,
-        DV=dv, BV=bv, C=config.chunk, HAS_MASK=has_mask, OUT_SYM=False, PREC=dot_precision(v),
+        DV=dv, BV=bv, C=config.chunk, HAS_MASK=has_mask, PREC=dot_precision(v),
         STAGES=config.num_stages, **_launch_kw(config),
     )  # fmt: skip
     return st_kv, st_z
@@ -536,11 +551,11 @@ def pla_encode_with(
     if nseg is None:
         nseg = _encoder_segments(nv * batch * heads, count, config.chunk, v_enc.device)
     seg_len, nseg = _segment_length(count, nseg, config.chunk)
-    if nseg == 1:
+    if nseg == 1:  # one launch: the single segment's state is the result
         launcher(_ws_state_kernel)[(nv, 1, batch * heads)](
             k_enc, v_enc, mask, length, count, heads, seg_len, kv, z,
-            DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, OUT_SYM=True,
-            PREC=dot_precision(v_enc), STAGES=config.num_stages, **_launch_kw(config),
+            DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, PREC=dot_precision(v_enc),
+            STAGES=config.num_stages, **_launch_kw(config),
         )  # fmt: skip
         return kv, z
     st_kv, st_z = _segment_states(k_enc, v_enc, mask, key_mask is not None, count, seg_len, nseg, config, bv)
