@@ -45,100 +45,93 @@ from ._common import EXPANDED_DIM, FEATURE_DIM, _pair_row, _rows_b
 EXPANDED_DIM_C: tl.constexpr = tl.constexpr(EXPANDED_DIM)
 
 # ---------------------------------------------------------------------------------------------------------
-# The state inside the kernels. Numerator S = sum phi(k) v^T in three pieces of kernel-order rows (see
-# _common): A0 = rows 0..63 and A1 = rows 64..127 (anchored pairs; row 0 holds the constant feature),
-# carried as [64, BV]; B = rows 128..159 (diagonal, then linear), carried transposed as S_B^T [BV, 32] so
-# that its update is an MMA with M = BV. The normalizer z = sum phi(k) in Gram form: with s = q.k/4,
-#   phi(q).z = N + q.(sum k)/4 + q^T G q / 32,   G = sum k k^T [16, 16],
-# so it is carried as G, Zl [16, 16] (sum k in column 0) and the token count N, updated by two tiny MMAs
-# and read out by three [C, 16] ones, all in fp32 accumulators (no 153-wide z vector per chunk).
+# The state inside the kernels, in three pieces of feature rows, all fp32 MMA accumulators:
+#   piece 0, 1: the anchored pairs of _common's piece A, blocks 0..3 and 4..7, 64 rows each (row 0 of
+#               piece 0 holds the constant feature 1; the other free slots are padding), carried as the
+#               numerator S_i [64, BV] and the normalizer Z_i [64, 16] (z in columns 0 and 1, the rest 0);
+#   piece B:    the diagonal x_p^2 / sqrt(32), then the linear x_p / 2 (32 rows), carried transposed, as
+#               S_B^T [BV, 32] and Z_B^T [16, 32] (z in rows 0 and 1), so that its update has M = BV.
+# Z is updated as ``phi(K)^T [1 1 0 ...]`` and read out as ``phi(Q) [hi(z) lo(z) 0 ...]``: the normalizer
+# rides on the same tensor-core MMAs as the numerator, with z split into two half-precision parts.
 # In memory every state is in naive's 153-row layout.
 # ---------------------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _piece_a(r):
-    """Kernel-order rows r of piece A -> (position p, anchor a, is a free slot, holds the constant 1)."""
-    blk = r // 16
+def _piece_rows(PIECE: tl.constexpr):
+    """The 64 rows of piece 0 or 1: (position p, anchor a or -1 for none, memory row in naive's layout,
+    whether the row exists)."""
+    r = tl.arange(0, 64)
+    blk = PIECE * 4 + r // 16
     pos = r % 16
     d = (pos - blk + 16) % 16
     anchor = tl.where((d >= 1) & (d <= 8), blk, blk + 8)
-    return pos, anchor, d == 0, (d == 0) & (blk == 0)
+    free = d == 0
+    const = free & (blk == 0)
+    row = tl.where(free, 0, _pair_row(tl.minimum(pos, anchor), tl.maximum(pos, anchor)))
+    return pos, tl.where(free, -1, anchor), row, const | (free == 0)
 
 
 @triton.jit
-def _sym_rows_a(r):
-    """Rows of naive's 153 layout for kernel-order rows r of piece A, and whether the row exists (free slots
-    are padding, except block 0's, which holds the constant: memory row 0)."""
-    pos, anchor, free, const = _piece_a(r)
-    row = _pair_row(tl.minimum(pos, anchor), tl.maximum(pos, anchor))
-    return tl.where(free, 0, row), const | (free == 0)
+def _load_piece(kv, z, cols, cmask, PIECE: tl.constexpr, DV: tl.constexpr):
+    """One piece of a state in naive's layout (``kv``/``z`` point at the (b, h) state) -> S_i, Z_i."""
+    _, _, row, ok = _piece_rows(PIECE)
+    s = tl.load(kv + row[:, None] * DV + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
+    zi = tl.load(z + row, mask=ok, other=0.0)
+    return s, tl.where(tl.arange(0, 16)[None, :] < 2, zi[:, None], 0.0)
 
 
 @triton.jit
-def _gram_index():
-    """[16, 16] views of z: memory row of the pair (i, j) and the factor G_ij / z_row (1/c_ij)."""
-    i = tl.arange(0, 16)[:, None]
-    j = tl.arange(0, 16)[None, :]
-    row = _pair_row(tl.minimum(i, j), tl.maximum(i, j))
-    return i, j, row, tl.where(i == j, 5.656854249492381, 4.0)  # sqrt(32), 4
+def _store_piece(kv, z, s, zm, cols, cmask, write_z, PIECE: tl.constexpr, DV: tl.constexpr):
+    """Store one piece into naive's layout; z only where ``write_z`` (every value tile holds the same z)."""
+    _, _, row, ok = _piece_rows(PIECE)
+    tl.store(kv + row[:, None] * DV + cols[None, :], s, mask=ok[:, None] & cmask[None, :])
+    if write_z:
+        tl.store(z + row, tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, zm, 0.0), axis=1), mask=ok)
 
 
 @triton.jit
 def _load_state(kv, z, cols, cmask, DV: tl.constexpr):
-    """One (b, h) state in naive's layout (``kv``/``z`` point at it) -> S_A0, S_A1 [64, BV], S_B [32, BV],
-    G, Zl [16, 16], N (fp32)."""
-    r = tl.arange(0, 64)
-    m_a0, ok_a0 = _sym_rows_a(r)
-    m_a1, ok_a1 = _sym_rows_a(64 + r)
-    _, m_b = _rows_b()
-    s_a0 = tl.load(kv + m_a0[:, None] * DV + cols[None, :], mask=ok_a0[:, None] & cmask[None, :], other=0.0)
-    s_a1 = tl.load(kv + m_a1[:, None] * DV + cols[None, :], mask=ok_a1[:, None] & cmask[None, :], other=0.0)
-    s_b = tl.load(kv + m_b[:, None] * DV + cols[None, :], mask=cmask[None, :], other=0.0)
-    i, j, row, factor = _gram_index()
-    gram = tl.load(z + row) * factor
-    zl = tl.load(z + 1 + i + j, mask=j == 0, other=0.0) * 2.0
-    return s_a0, s_a1, s_b, gram, zl, tl.load(z)
+    """A whole state: S_0, S_1 [64, BV], S_B^T [BV, 32], Z_0, Z_1 [64, 16], Z_B^T [16, 32]."""
+    s0, z0 = _load_piece(kv, z, cols, cmask, 0, DV)
+    s1, z1 = _load_piece(kv, z, cols, cmask, 1, DV)
+    _, row = _rows_b()
+    s_b = tl.load(kv + row[:, None] * DV + cols[None, :], mask=cmask[None, :], other=0.0)
+    z_b = tl.where(tl.arange(0, 16)[:, None] < 2, tl.load(z + row)[None, :], 0.0)
+    return s0, s1, tl.trans(s_b), z0, z1, z_b
 
 
 @triton.jit
-def _store_state(kv, z, s_a0, s_a1, s_b, gram, zl, count, cols, cmask, write_z, DV: tl.constexpr):
-    """Store a state into naive's layout; z only where ``write_z`` (every value tile holds the same z)."""
-    r = tl.arange(0, 64)
-    m_a0, ok_a0 = _sym_rows_a(r)
-    m_a1, ok_a1 = _sym_rows_a(64 + r)
-    _, m_b = _rows_b()
-    tl.store(kv + m_a0[:, None] * DV + cols[None, :], s_a0, mask=ok_a0[:, None] & cmask[None, :])
-    tl.store(kv + m_a1[:, None] * DV + cols[None, :], s_a1, mask=ok_a1[:, None] & cmask[None, :])
-    tl.store(kv + m_b[:, None] * DV + cols[None, :], s_b, mask=cmask[None, :])
+def _store_state(kv, z, s0, s1, s_bt, z0, z1, z_bt, cols, cmask, write_z, DV: tl.constexpr):
+    _store_piece(kv, z, s0, z0, cols, cmask, write_z, 0, DV)
+    _store_piece(kv, z, s1, z1, cols, cmask, write_z, 1, DV)
+    _, row = _rows_b()
+    tl.store(kv + row[:, None] * DV + cols[None, :], tl.trans(s_bt), mask=cmask[None, :])
     if write_z:
-        i, j, row, factor = _gram_index()
-        tl.store(z + row, gram / factor, mask=i <= j)
-        tl.store(z + 1 + i + j, zl * 0.5, mask=j == 0)
-        tl.store(z, count)
+        tl.store(z + row, tl.sum(tl.where(tl.arange(0, 16)[:, None] == 0, z_bt, 0.0), axis=0))
 
 
 @triton.jit
 def _sum_states(kv, z, bh, first, last, cols, cmask, BV: tl.constexpr, DV: tl.constexpr):
-    """Sum of the states first..last-1 of one b*h in a [B*H, NSEG, 153, DV] stack (naive's layout); the
-    arguments of a zero state when the range is empty."""
-    s_a0 = tl.zeros([64, BV], tl.float32)
-    s_a1 = tl.zeros([64, BV], tl.float32)
-    s_b = tl.zeros([32, BV], tl.float32)
-    gram = tl.zeros([16, 16], tl.float32)
-    zl = tl.zeros([16, 16], tl.float32)
-    count = 0.0
+    """Sum of the states first..last-1 of one b*h in a [B*H, NSEG, 153, DV] stack (naive's layout); a zero
+    state when the range is empty."""
+    s0 = tl.zeros([64, BV], tl.float32)
+    s1 = tl.zeros([64, BV], tl.float32)
+    s2 = tl.zeros([BV, 32], tl.float32)
+    z0 = tl.zeros([64, 16], tl.float32)
+    z1 = tl.zeros([64, 16], tl.float32)
+    z2 = tl.zeros([16, 32], tl.float32)
     for seg in range(first, last):
-        d_a0, d_a1, d_b, d_gram, d_zl, d_count = _load_state(
+        d0, d1, d2, e0, e1, e2 = _load_state(
             kv + (bh + seg) * EXPANDED_DIM_C * DV, z + (bh + seg) * EXPANDED_DIM_C, cols, cmask, DV
         )
-        s_a0 += d_a0
-        s_a1 += d_a1
-        s_b += d_b
-        gram += d_gram
-        zl += d_zl
-        count += d_count
-    return s_a0, s_a1, s_b, gram, zl, count
+        s0 += d0
+        s1 += d1
+        s2 += d2
+        z0 += e0
+        z1 += e1
+        z2 += e2
+    return s0, s1, s2, z0, z1, z2
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -147,45 +140,30 @@ def _sum_states(kv, z, bh, first, last, cols, cmask, BV: tl.constexpr, DV: tl.co
 
 
 @triton.jit
-def _select_a(HALF: tl.constexpr, dt: tl.constexpr, KEYS: tl.constexpr):
-    """Selection matrices of piece-A half HALF: E_pos[p, r] = [p == pos(r)], E_anc[p, r] = [p == anchor(r)]/4,
-    [16, 64] for queries (X @ E) or transposed [64, 16] for keys (E^T @ X^T). 0, 1 and 1/4 are exact in any
-    dtype, so the MMAs return the inputs exactly. Free slots select nothing (their features come out 0)."""
-    pos, anchor, free, _ = _piece_a(HALF * 64 + tl.arange(0, 64))
-    anchor = tl.where(free, -1, anchor)
+def _features(xt, PIECE: tl.constexpr, KEYS: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
+    """Piece 0 or 1 of phi(X) for a [C, 16] tile: token-major [C, 64] for queries (the read-out's left
+    operand), feature-major [64, C] for keys (the update's left operand), fp32.
+
+    ``X @ E_pos`` and ``X @ E_anc`` with selection matrices E_pos[p, r] = [p == pos(r)] and
+    E_anc[p, r] = [p == anchor(r)] / 4 return the two factors of every pair feature exactly (0, 1 and 1/4
+    are exact in any dtype), already in the accumulator layout. Padding rows select nothing and come out 0.
+    """
+    pos, anchor, _, _ = _piece_rows(PIECE)
     p = tl.arange(0, 16)
     if KEYS:
-        e_pos = (pos[:, None] == p[None, :]).to(dt)
-        e_anc = tl.where(anchor[:, None] == p[None, :], 0.25, 0.0).to(dt)
+        xx = tl.trans(xt)
+        acc = tl.zeros([64, C], tl.float32)
+        f = dot((pos[:, None] == p[None, :]).to(xt.dtype), xx, acc, PREC)
+        f *= dot(tl.where(anchor[:, None] == p[None, :], 0.25, 0.0).to(xt.dtype), xx, acc, PREC)
+        first = tl.arange(0, 64)[:, None] == 0
     else:
-        e_pos = (p[:, None] == pos[None, :]).to(dt)
-        e_anc = tl.where(p[:, None] == anchor[None, :], 0.25, 0.0).to(dt)
-    return e_pos, e_anc
-
-
-@triton.jit
-def _query_features_a(qt, C: tl.constexpr, PREC: tl.constexpr):
-    """Piece A of phi(Q) for a [C, 16] tile, token-major: fp32 [C, 64] halves A0, A1 (the read-out's left
-    operands)."""
-    acc = tl.zeros([C, 64], tl.float32)
-    pos0, anc0 = _select_a(0, qt.dtype, False)
-    pos1, anc1 = _select_a(1, qt.dtype, False)
-    const = tl.arange(0, 64)[None, :] == 0
-    f_a0 = tl.where(const, 1.0, dot(qt, pos0, acc, PREC) * dot(qt, anc0, acc, PREC))
-    return f_a0, dot(qt, pos1, acc, PREC) * dot(qt, anc1, acc, PREC)
-
-
-@triton.jit
-def _key_features_a(kt, C: tl.constexpr, PREC: tl.constexpr):
-    """Piece A of phi(K)^T for a [C, 16] tile, feature-major: fp32 [64, C] halves A0, A1 (the update's left
-    operands). Rows past the end get the constant too; their v is 0, so they add nothing."""
-    ktt = tl.trans(kt)
-    acc = tl.zeros([64, C], tl.float32)
-    pos0, anc0 = _select_a(0, kt.dtype, True)
-    pos1, anc1 = _select_a(1, kt.dtype, True)
-    const = tl.arange(0, 64)[:, None] == 0
-    f_a0 = tl.where(const, 1.0, dot(pos0, ktt, acc, PREC) * dot(anc0, ktt, acc, PREC))
-    return f_a0, dot(pos1, ktt, acc, PREC) * dot(anc1, ktt, acc, PREC)
+        acc = tl.zeros([C, 64], tl.float32)
+        f = dot(xt, (p[:, None] == pos[None, :]).to(xt.dtype), acc, PREC)
+        f *= dot(xt, tl.where(p[:, None] == anchor[None, :], 0.25, 0.0).to(xt.dtype), acc, PREC)
+        first = tl.arange(0, 64)[None, :] == 0
+    if PIECE == 0:
+        f = tl.where(first, 1.0, f)  # the constant feature
+    return f
 
 
 @triton.jit
@@ -195,21 +173,60 @@ def _features_b(xt, C: tl.constexpr, PREC: tl.constexpr):
     r = tl.arange(0, 32)
     e_b = (tl.arange(0, 16)[:, None] == r[None, :] % 16).to(xt.dtype)
     x_b = dot(xt, e_b, tl.zeros([C, 32], tl.float32), PREC)
-    return tl.where(r[None, :] < 16, x_b * x_b * 0.17677669529663687, x_b * 0.5)
+    return x_b * tl.where(r[None, :] < 16, x_b * 0.17677669529663687, 0.5)
 
 
 @triton.jit
-def _dot_f32(a, b, PREC: tl.constexpr):
-    """``a @ b`` for an fp32 ``b`` (a normalizer matrix that may hold large sums): with half-precision
-    operands ``b`` is split into a high and a low half-precision part (about 16 bits kept)."""
-    acc = tl.zeros([a.shape[0], b.shape[1]], tl.float32)
+def _z_operand(zm, index, dt: tl.constexpr, PREC: tl.constexpr):
+    """Z (z in columns, or rows, 0 and 1: ``index`` is the column or row index) as the read-out's operand:
+    in half precision the high part of z at index 0 and the remainder at 1 (about 16 bits together), in
+    fp32 z at index 0."""
     if PREC == "":
-        hi = b.to(a.dtype)
-        acc = dot(a, hi, acc, PREC)
-        acc = dot(a, (b - hi.to(tl.float32)).to(a.dtype), acc, PREC)
+        hi = zm.to(dt).to(tl.float32)
+        out = tl.where(index == 0, hi, zm - hi).to(dt)
     else:
-        acc = dot(a, b, acc, PREC)
-    return acc
+        out = tl.where(index == 0, zm, 0.0)
+    return out
+
+
+@triton.jit
+def _readout(qt, s, zm, acc, dacc, PIECE: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
+    """``acc += phi_i(Q) S_i`` and ``dacc += phi_i(Q) Z_i`` for one piece."""
+    dt = qt.dtype
+    f = _features(qt, PIECE, False, C, PREC).to(dt)
+    return dot(f, s.to(dt), acc, PREC), dot(f, _z_operand(zm, tl.arange(0, 16)[None, :], dt, PREC), dacc, PREC)
+
+
+@triton.jit
+def _readout_b(qt, s_bt, z_bt, acc, dacc, C: tl.constexpr, PREC: tl.constexpr):
+    """``acc += phi_B(Q) S_B`` and ``dacc += phi_B(Q) Z_B``."""
+    dt = qt.dtype
+    f = _features_b(qt, C, PREC).to(dt)
+    zb = tl.trans(_z_operand(z_bt, tl.arange(0, 16)[:, None], dt, PREC))
+    return dot(f, tl.trans(s_bt.to(dt)), acc, PREC), dot(f, zb, dacc, PREC)
+
+
+@triton.jit
+def _update(kt, vt, ones01, s, zm, PIECE: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
+    """``S_i += phi_i(K)^T V`` and ``Z_i += phi_i(K)^T [1 1 0 ...]`` for one piece and chunk."""
+    g = _features(kt, PIECE, True, C, PREC).to(vt.dtype)
+    return dot(g, vt, s, PREC), dot(g, ones01, zm, PREC)
+
+
+@triton.jit
+def _update_b(kt, vt, valid, s_bt, z_bt, C: tl.constexpr, PREC: tl.constexpr):
+    """``S_B^T += V^T phi_B(K)`` and ``Z_B^T += [1 1 0 ...]^T phi_B(K)`` (rows past the end add nothing:
+    their keys and values are 0)."""
+    g = _features_b(kt, C, PREC).to(vt.dtype)
+    ones = tl.where((tl.arange(0, 16)[:, None] < 2) & valid[None, :], 1.0, 0.0).to(vt.dtype)
+    return dot(tl.trans(vt), g, s_bt, PREC), dot(ones, g, z_bt, PREC)
+
+
+@triton.jit
+def _ones01(valid, dt: tl.constexpr):
+    """[C, 16]: 1 in columns 0 and 1 of the rows of real tokens (past the end, the constant feature must not
+    count)."""
+    return tl.where(valid[:, None] & (tl.arange(0, 16)[None, :] < 2), 1.0, 0.0).to(dt)
 
 
 @triton.jit
@@ -220,22 +237,6 @@ def _load_chunk(x_base, mask_base, offs_t, valid, width, cols, cmask, H, HAS_MAS
     if HAS_MASK:
         m = m & (tl.load(mask_base + offs_t, mask=valid, other=0) != 0)[:, None]
     return tl.load(x_base + (offs_t * H * width)[:, None] + cols[None, :], mask=m, other=0.0)
-
-
-@triton.jit
-def _update(kt, vt, n_valid, s_a0, s_a1, s_bt, gram, zl, count, C: tl.constexpr, PREC: tl.constexpr):
-    """Add one chunk: ``S += phi(K)^T V`` (piece B as ``S_B^T += V^T phi_B(K)``), ``G += K^T K``,
-    ``Zl[:, 0] += K^T 1``, ``N += n_valid``."""
-    dt = vt.dtype
-    g_a0, g_a1 = _key_features_a(kt, C, PREC)
-    s_a0 = dot(g_a0.to(dt), vt, s_a0, PREC)
-    s_a1 = dot(g_a1.to(dt), vt, s_a1, PREC)
-    s_bt = dot(tl.trans(vt), _features_b(kt, C, PREC).to(dt), s_bt, PREC)
-    ktt = tl.trans(kt)
-    gram = dot(ktt, kt, gram, PREC)
-    ones0 = tl.where((tl.arange(0, C)[:, None] >= 0) & (tl.arange(0, 16)[None, :] == 0), 1.0, 0.0).to(dt)
-    zl = dot(ktt, ones0, zl, PREC)
-    return s_a0, s_a1, s_bt, gram, zl, count + n_valid
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -275,28 +276,31 @@ def _ws_state_kernel(
     k_base = k + (b.to(tl.int64) * L * H + h) * 16
     v_base = v + (b.to(tl.int64) * L * H + h) * DV
     m_base = key_mask + b.to(tl.int64) * L
+    dt = v.dtype.element_ty
     ci = tl.arange(0, C)
 
-    s_a0 = tl.zeros([64, BV], tl.float32)
-    s_a1 = tl.zeros([64, BV], tl.float32)
-    s_bt = tl.zeros([BV, 32], tl.float32)
-    gram = tl.zeros([16, 16], tl.float32)
-    zl = tl.zeros([16, 16], tl.float32)
-    count = 0.0
+    s0 = tl.zeros([64, BV], tl.float32)
+    s1 = tl.zeros([64, BV], tl.float32)
+    s2 = tl.zeros([BV, 32], tl.float32)
+    z0 = tl.zeros([64, 16], tl.float32)
+    z1 = tl.zeros([64, 16], tl.float32)
+    z2 = tl.zeros([16, 32], tl.float32)
     t_start = pid_s * SEG_LEN
     t_end = tl.minimum(t_start + SEG_LEN, N)
     for t in tl.range(t_start, t_end, C, num_stages=STAGES):
         offs_t = t + ci
         valid = offs_t < t_end
         vt = _load_chunk(v_base, m_base, offs_t, valid, DV, cols, cmask, H, False)
-        kt = _load_chunk(k_base, m_base, offs_t, valid, 16, f, f < 16, H, HAS_MASK).to(vt.dtype)
-        n_valid = tl.minimum(t_end - t, C).to(tl.float32)
-        s_a0, s_a1, s_bt, gram, zl, count = _update(kt, vt, n_valid, s_a0, s_a1, s_bt, gram, zl, count, C, PREC)
+        kt = _load_chunk(k_base, m_base, offs_t, valid, 16, f, f < 16, H, HAS_MASK).to(dt)
+        ones01 = _ones01(valid, dt)
+        s0, z0 = _update(kt, vt, ones01, s0, z0, 0, C, PREC)
+        s1, z1 = _update(kt, vt, ones01, s1, z1, 1, C, PREC)
+        s2, z2 = _update_b(kt, vt, valid, s2, z2, C, PREC)
 
     seg = pid_bh.to(tl.int64) * tl.num_programs(1) + pid_s
     _store_state(
         kv_out + seg * EXPANDED_DIM_C * DV, z_out + seg * EXPANDED_DIM_C,
-        s_a0, s_a1, tl.trans(s_bt), gram, zl, count, cols, cmask, pid_v == 0, DV,
+        s0, s1, s2, z0, z1, z2, cols, cmask, pid_v == 0, DV,
     )  # fmt: skip
 
 
@@ -315,10 +319,10 @@ def _ws_sum_states_kernel(
     pid_bh = tl.program_id(1).to(tl.int64)
     cols = pid_v * BV + tl.arange(0, BV)
     cmask = cols < DV
-    s_a0, s_a1, s_b, gram, zl, count = _sum_states(st_kv, st_z, pid_bh * NSEG, 0, NSEG, cols, cmask, BV, DV)
+    s0, s1, s2, z0, z1, z2 = _sum_states(st_kv, st_z, pid_bh * NSEG, 0, NSEG, cols, cmask, BV, DV)
     _store_state(
         kv_out + pid_bh * EXPANDED_DIM_C * DV, z_out + pid_bh * EXPANDED_DIM_C,
-        s_a0, s_a1, s_b, gram, zl, count, cols, cmask, pid_v == 0, DV,
+        s0, s1, s2, z0, z1, z2, cols, cmask, pid_v == 0, DV,
     )  # fmt: skip
 
 
@@ -348,7 +352,7 @@ def _ws_causal_kernel(
     WS: tl.constexpr,
 ):
     """Causal chunked pass over one segment of one (b, h), for BV value columns. Grid (value tiles, segments,
-    B*H). Per chunk: ``o = (tril(1 + s + s^2/2) V + phi(Q) S) / (rowsum + phi(Q).z)``, then the update."""
+    B*H). Per chunk: ``o = (tril(1 + s + s^2/2) V + phi(Q) S) / (rowsum + phi(Q) z)``, then the update."""
     pid_v = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -368,24 +372,20 @@ def _ws_causal_kernel(
     dt = v.dtype.element_ty
 
     # The state before this segment: (kv0, z0) plus, in the split path, every earlier segment's state.
-    s_a0, s_a1, s_b, gram, zl, count = _load_state(
+    s0, s1, s2, z0, z1, z2 = _load_state(
         kv_init + bh64 * EXPANDED_DIM_C * DV, z_init + bh64 * EXPANDED_DIM_C, cols, cmask, DV
     )
     if SPLIT:
-        d_a0, d_a1, d_b, d_gram, d_zl, d_count = _sum_states(
-            st_kv, st_z, bh64 * (nseg - 1), 0, pid_s, cols, cmask, BV, DV
-        )
-        s_a0 += d_a0
-        s_a1 += d_a1
-        s_b += d_b
-        gram += d_gram
-        zl += d_zl
-        count += d_count
-    s_bt = tl.trans(s_b)
+        d0, d1, d2, e0, e1, e2 = _sum_states(st_kv, st_z, bh64 * (nseg - 1), 0, pid_s, cols, cmask, BV, DV)
+        s0 += d0
+        s1 += d1
+        s2 += d2
+        z0 += e0
+        z1 += e1
+        z2 += e2
 
     ci = tl.arange(0, C)
     causal = ci[:, None] >= ci[None, :]
-    eye = (f[:, None] == f[None, :]).to(dt)
     t_start = pid_s * SEG_LEN
     t_end = tl.minimum(t_start + SEG_LEN, L)
     for t in tl.range(t_start, t_end, C, num_stages=STAGES, warp_specialize=WS):
@@ -396,31 +396,31 @@ def _ws_causal_kernel(
         kt = _load_chunk(k_base, m_base, offs_t, valid, 16, f, f < 16, H, HAS_MASK).to(dt)
 
         # Intra-chunk: 1 + s + s^2/2 from the 16-dim product; the causal mask also hides rows past the end.
-        s = dot(qt, tl.trans(kt), tl.zeros([C, C], tl.float32), PREC) * 0.25
-        a = tl.where(causal, 1.0 + s + 0.5 * s * s, 0.0)
+        s = dot(qt, tl.trans(kt), tl.zeros([C, C], tl.float32), PREC)  # 4 (q.k / 4)
+        a = tl.where(causal, 1.0 + s * (0.25 + s * 0.03125), 0.0)
         acc = dot(a.to(dt), vt, tl.zeros([C, BV], tl.float32), PREC)
+        den = tl.sum(a, axis=1)
 
         # Inter-chunk: the state from before this chunk, through the query features.
-        f_a0, f_a1 = _query_features_a(qt, C, PREC)
-        acc = dot(f_a0.to(dt), s_a0.to(dt), acc, PREC)
-        acc = dot(f_a1.to(dt), s_a1.to(dt), acc, PREC)
-        acc = dot(_features_b(qt, C, PREC).to(dt), tl.trans(s_bt.to(dt)), acc, PREC)
-        # Normalizer: rowsum(a) + N + q.(sum k)/4 + q^T G q / 32, in fp32.
-        qf = dot(qt, eye, tl.zeros([C, 16], tl.float32), PREC)
-        quad = qf * _dot_f32(qt, gram * 0.03125, PREC) + _dot_f32(qt, zl * 0.25, PREC)
-        den = tl.sum(a, axis=1) + count + tl.sum(quad, axis=1)
-        out = acc / (den[:, None] + 1e-12)
+        dacc = tl.zeros([C, 16], tl.float32)
+        acc, dacc = _readout(qt, s0, z0, acc, dacc, 0, C, PREC)
+        acc, dacc = _readout(qt, s1, z1, acc, dacc, 1, C, PREC)
+        acc, dacc = _readout_b(qt, s2, z2, acc, dacc, C, PREC)
+        out = acc / (den + tl.sum(dacc, axis=1) + 1e-12)[:, None]
         tl.store(
             o_base + (offs_t * H * DV)[:, None] + cols[None, :], out.to(o.dtype.element_ty),
             mask=valid[:, None] & cmask[None, :],
         )  # fmt: skip
-        n_valid = tl.minimum(t_end - t, C).to(tl.float32)
-        s_a0, s_a1, s_bt, gram, zl, count = _update(kt, vt, n_valid, s_a0, s_a1, s_bt, gram, zl, count, C, PREC)
+
+        ones01 = _ones01(valid, dt)
+        s0, z0 = _update(kt, vt, ones01, s0, z0, 0, C, PREC)
+        s1, z1 = _update(kt, vt, ones01, s1, z1, 1, C, PREC)
+        s2, z2 = _update_b(kt, vt, valid, s2, z2, C, PREC)
 
     if pid_s == nseg - 1:
         _store_state(
             kv_out + bh64 * EXPANDED_DIM_C * DV, z_out + bh64 * EXPANDED_DIM_C,
-            s_a0, s_a1, tl.trans(s_bt), gram, zl, count, cols, cmask, pid_v == 0, DV,
+            s0, s1, s2, z0, z1, z2, cols, cmask, pid_v == 0, DV,
         )  # fmt: skip
 
 
