@@ -67,7 +67,7 @@ def variants() -> dict[str, tuple[Any, dict[str, str], dict[str, Any], int, int]
                 chunk_ws._ws_causal_kernel,
                 _pointers(chunk_ws._ws_causal_kernel, CAUSAL_POINTERS),
                 {"DV": dv, "BV": bv, "C": ws.chunk, "HAS_MASK": True, "SPLIT": False, "PREC": "",
-                 "STAGES": ws.num_stages, "WS": False},
+                 "STAGES": ws.num_stages},
                 warps,
                 1,
             )  # fmt: skip

@@ -15,7 +15,7 @@ warm-up; each PLA time is also given as a fraction of the HBM bound of reference
 measured in the same run. Every PLA row is checked against an fp32 chunked reference on the first
 sequence of the batch (naive's math, chunked so it fits at 32k-65k tokens).
 
-Usage: python benchmarks/prefill_kernels.py [--quiet] [--out DIR] [--quick] [--sweep]
+Usage: python benchmarks/prefill_kernels.py [--quiet] [--out DIR] [--quick] [--sweep | --sweep-ws]
 Writes benchmarks/results/prefill_kernels-<gpu>.json (or DIR/...).
 """
 
@@ -167,7 +167,7 @@ CAUSAL_SWEEP = [
 
 
 # (chunk, block_v, num_warps, num_stages) of the wide-tile kernels tried at B=16, H=16, dv=64
-WS_SWEEP = [(64, 64, 4, 3), (64, 64, 4, 2), (64, 64, 8, 3), (64, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 1)]
+WS_SWEEP = [(64, 64, 4, 3), (64, 64, 4, 2), (64, 64, 8, 3), (64, 32, 4, 3)]
 
 
 def _timed(log: Log, what: str, fn: Any) -> float | None:
@@ -227,7 +227,20 @@ def sweep(log: Log, scale: int) -> dict[str, Any]:
         if ms is not None and (best_enc is None or ms < best_enc[0]):
             best_enc = (ms, cfg)
 
-    # The wide-tile kernels: causal configs at the same shape, then the encoder with the best one.
+    return {
+        "rows": rows,
+        "causal": causal_best.__dict__,
+        "encoder": (best_enc[1] if best_enc else chunk.ENCODER_CONFIG).__dict__,
+    }
+
+
+def sweep_ws(log: Log, scale: int) -> dict[str, Any]:
+    """Time launch configurations of the wide-tile kernels (plugins/pla/chunk_ws.py); returns the best."""
+    t = max(8192 // scale, 64)
+    x = make_inputs(16, 16, t, 0, 64)
+    kv0, z0 = zero_state(x)
+    xe = make_inputs(16, 16, 16, max(16384 // scale, 64), 64)
+    rows: list[dict[str, Any]] = []
     best_ws = None
     for c, bv, nw, ns in WS_SWEEP:
         cfg = chunk_ws.WsConfig(chunk=c, block_v=bv, num_warps=nw, num_stages=ns, num_segments=1)
@@ -247,12 +260,7 @@ def sweep(log: Log, scale: int) -> dict[str, Any]:
         lambda: chunk_ws.pla_encode_with(xe["k_enc"], xe["v_enc"], config=cfg),
     )
     rows.append({"kernel": "ws_encoder", "config": cfg.__dict__, "ms": ms})
-    return {
-        "rows": rows,
-        "causal": causal_best.__dict__,
-        "encoder": (best_enc[1] if best_enc else chunk.ENCODER_CONFIG).__dict__,
-        "ws_causal": ws_best.__dict__,
-    }
+    return {"rows": rows, "ws_causal": ws_best.__dict__}
 
 
 def sdpa_rows(log: Log, batch: int, heads: int, length: int, reps: int) -> dict[str, float]:
@@ -333,6 +341,9 @@ def main() -> None:
     ap.add_argument(
         "--sweep", action="store_true", help="time launch configurations first; the rows use the best"
     )
+    ap.add_argument(
+        "--sweep-ws", action="store_true", help="time launch configurations of the wide-tile kernels only"
+    )
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--cases", default="all", help="comma-separated case names (default all)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
@@ -358,9 +369,14 @@ def main() -> None:
         sweep_info = sweep(log, scale)
         config = chunk.PrefillConfig(**sweep_info["causal"])
         enc_config = chunk.PrefillConfig(**sweep_info["encoder"])
-        ws_config = chunk_ws.WsConfig(**{**sweep_info["ws_causal"], "num_segments": None})
+        log(f"rows use causal {config} (B=1: segments by the heuristic), encoder {enc_config}")
+    if args.sweep or args.sweep_ws:
+        log("sweep of the wide-tile kernels:")
+        ws_sweep = sweep_ws(log, scale)
+        sweep_info = {**(sweep_info or {}), "ws": ws_sweep}
+        ws_config = chunk_ws.WsConfig(**{**ws_sweep["ws_causal"], "num_segments": None})
         ws_enc_config = ws_config
-        log(f"rows use causal {config} (B=1: segments by the heuristic), encoder {enc_config}; ws {ws_config}")
+        log(f"ws rows use {ws_config}")
     payload: dict[str, Any] = {
         "benchmark": "prefill_kernels",
         "env": env,

@@ -18,9 +18,11 @@ a serial chain of small MMAs, layout shuffles through shared memory and register
 * Intra-chunk scores are ``1 + s + s^2/2`` from the 16-dim ``s = q.k/4``, masked causally; rows past the end
   of the sequence load zeros, which add nothing to the state (their features are zeroed, v is zero).
 * Loads go through Triton's software pipeline (``tl.range(num_stages=...)``: cp.async into shared memory a
-  few chunks ahead); ``warp_specialize`` is a config switch for Triton versions whose Hopper pass handles
-  the loop. No TMA descriptors: a host descriptor is not a pointer argument, and a device-side one needs
-  Triton's global scratch, and the TensorRT AOT contract allows neither.
+  few chunks ahead). Warp specialization does not apply: ``tl.range(..., warp_specialize=True)`` makes
+  Triton 3.6's Hopper pass fail on this loop (``NVGPUWarpSpecialization``: PassManager::run failed, as in
+  triton-lang/triton#9728 for pointer-based loops with dots) and Triton 3.9 ignores it on sm_90. No TMA
+  descriptors either: a host descriptor is not a pointer argument, a device-side one needs Triton's global
+  scratch, and the TensorRT AOT contract allows neither.
 * One launch per op when batch*heads fill the GPU: ``pla_causal`` and ``pla_encode`` are then one kernel
   each. When they do not (B = 1), the sequence is split into segments: one launch writes the states of all
   segments but the last, and the causal kernel sums the ones before its segment itself (no scan launch).
@@ -349,7 +351,6 @@ def _ws_causal_kernel(
     SPLIT: tl.constexpr,
     PREC: tl.constexpr,
     STAGES: tl.constexpr,
-    WS: tl.constexpr,
 ):
     """Causal chunked pass over one segment of one (b, h), for BV value columns. Grid (value tiles, segments,
     B*H). Per chunk: ``o = (tril(1 + s + s^2/2) V + phi(Q) S) / (rowsum + phi(Q) z)``, then the update."""
@@ -388,7 +389,7 @@ def _ws_causal_kernel(
     causal = ci[:, None] >= ci[None, :]
     t_start = pid_s * SEG_LEN
     t_end = tl.minimum(t_start + SEG_LEN, L)
-    for t in tl.range(t_start, t_end, C, num_stages=STAGES, warp_specialize=WS):
+    for t in tl.range(t_start, t_end, C, num_stages=STAGES):
         offs_t = t + ci
         valid = offs_t < t_end
         vt = _load_chunk(v_base, m_base, offs_t, valid, DV, cols, cmask, H, False)
@@ -432,12 +433,10 @@ def _ws_causal_kernel(
 @dataclass(frozen=True)
 class WsConfig(chunk.PrefillConfig):
     """Launch parameters of these kernels (fields as ``chunk.PrefillConfig``; ``num_stages`` is the depth
-    of the load pipeline of the chunk loop). ``warp_specialize`` asks Triton to split the chunk loop into
-    producer (loads) and consumer (MMA) warps. chunk must be 64 or more (M of the Hopper MMAs)."""
+    of the load pipeline of the chunk loop). chunk must be a power of two >= 64 (M of the Hopper MMAs)."""
 
     chunk: int = 64
     num_stages: int = 3
-    warp_specialize: bool = False
 
 
 # Not measured yet (issue #9): first guesses from the compiled resources (benchmarks/kernel_resources.py).
@@ -621,7 +620,7 @@ def pla_causal_with(
     launcher(_ws_causal_kernel)[(nv, nseg, batch * heads)](
         q, k, v, kv0, z0, st_kv, st_z, mask, length, heads, seg_len, o, kv, z,
         DV=dv, BV=bv, C=config.chunk, HAS_MASK=has_mask, SPLIT=nseg > 1, PREC=dot_precision(v),
-        STAGES=config.num_stages, WS=config.warp_specialize, **_launch_kw(config),
+        STAGES=config.num_stages, **_launch_kw(config),
     )  # fmt: skip
     return o, kv, z
 
