@@ -7,7 +7,7 @@ shared memory, programs per SM those allow, wgmma / mma.sync instructions and la
 This is the only performance evidence without a GPU; the timings come from benchmarks/prefill_kernels.py.
 
 Usage: python benchmarks/kernel_resources.py [--only NAME[,NAME]] [--json PATH|-] [--quiet]
-Writes benchmarks/results/kernel_resources-sm90.json by default.
+Writes benchmarks/results/kernel_resources-sm90-triton<version>.json by default.
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def main() -> None:
     if args.json == "-":
         sys.stdout.write(text)
         return
-    path = Path(args.json) if args.json else RESULTS / "kernel_resources-sm90.json"
+    version = ".".join(triton.__version__.split(".")[:2])
+    path = Path(args.json) if args.json else RESULTS / f"kernel_resources-sm90-triton{version}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
