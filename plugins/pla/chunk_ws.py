@@ -13,10 +13,11 @@ a serial chain of small MMAs, layout shuffles through shared memory and register
   already in the MMA accumulator layout; their product feeds the next MMA from registers. Query features are
   made token-major ``[C, rows]`` (the read-out's left operand), key features feature-major ``[rows, C]``
   (the update ``S += phi(K)^T V``'s left operand), so neither goes through shared memory.
-* The normalizer z is updated by row sums of the fp32 key features and read out as an fp32 dot with the
-  fp32 query features: no extra MMAs and no hi/lo split of z (``chunk`` rounds it to two bf16 parts).
+* The normalizer z rides on the same MMAs: beside each numerator piece S_i a [rows, 16] accumulator
+  Z_i = phi(K)^T [1 1 0 ...] is updated, and read out as phi(Q) [hi(z) lo(z) 0 ...] (z split into two
+  half-precision parts, as ``chunk`` does), so no 153-wide z vector is reduced across threads per chunk.
 * Intra-chunk scores are ``1 + s + s^2/2`` from the 16-dim ``s = q.k/4``, masked causally; rows past the end
-  of the sequence load zeros, which add nothing to the state (their features are zeroed, v is zero).
+  of the sequence load zeros (v = 0 adds nothing to S; the ones of the Z update skip them).
 * Loads go through Triton's software pipeline (``tl.range(num_stages=...)``: cp.async into shared memory a
   few chunks ahead). Warp specialization does not apply: ``tl.range(..., warp_specialize=True)`` makes
   Triton 3.6's Hopper pass fail on this loop (``NVGPUWarpSpecialization``: PassManager::run failed, as in
@@ -26,7 +27,7 @@ a serial chain of small MMAs, layout shuffles through shared memory and register
 * One launch per op when batch*heads fill the GPU: ``pla_causal`` and ``pla_encode`` are then one kernel
   each. When they do not (B = 1), the sequence is split into segments: one launch writes the states of all
   segments but the last, and the causal kernel sums the ones before its segment itself (no scan launch).
-  The encoder's split-K partials are summed by a small third kernel.
+  The encoder's split-K partials (only when batch*heads leave SMs idle) are summed by a second, small kernel.
 
 Per launch only pointers and int32 scalars, float constants folded in (AOT-compilable for TensorRT
 plugins); the state and every accumulation are fp32; layout is fla's ``[B, L, H, F]``.
