@@ -146,21 +146,27 @@ def strip_scratch(ptx: str, declared: int) -> str:
     return ptx[: match.start(2)] + body + ptx[match.end(2) :]
 
 
-def compile_launch(launch: Any, constexprs: Mapping[str, Any], ptx_file: str) -> tuple[Plugin, str]:
-    """Compile ``launch`` with ``constexprs`` for sm_90a: the record and the PTX text. Needs a JIT kernel."""
+def compile_sm90a(
+    kernel: Any, sig: Mapping[str, str], constants: Mapping[str, Any], num_warps: int, num_stages: int
+) -> Any:
+    """Triton's compiled kernel (``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata``) of the JIT function
+    ``kernel`` for sm_90a, with ``ASTSource``'s signature and constants; pointers get the alignment hint
+    Triton's launcher would give them, and the PTX the pinned ISA version."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    sig, constants = signature(launch, constexprs)
     pointers = [i for i, (n, t) in enumerate(sig.items()) if t.startswith("*") and n not in constants]
     attrs = {(i,): [["tt.divisibility", POINTER_ALIGN]] for i in pointers}
-    options = {"num_warps": launch.num_warps, "num_stages": launch.num_stages, "ptx_version": PTX_VERSION}
-    compiled = triton.compile(
-        ASTSource(launch.kernel, sig, constexprs=constants, attrs=attrs),
-        target=GPUTarget(*TARGET),
-        options=options,
-    )
+    options = {"num_warps": num_warps, "num_stages": num_stages, "ptx_version": PTX_VERSION}
+    source = ASTSource(kernel, dict(sig), constexprs=dict(constants), attrs=attrs)
+    return triton.compile(source, target=GPUTarget(*TARGET), options=options)
+
+
+def compile_launch(launch: Any, constexprs: Mapping[str, Any], ptx_file: str) -> tuple[Plugin, str]:
+    """Compile ``launch`` with ``constexprs`` for sm_90a: the record and the PTX text. Needs a JIT kernel."""
+    sig, constants = signature(launch, constexprs)
+    compiled = compile_sm90a(launch.kernel, sig, constants, launch.num_warps, launch.num_stages)
     meta = compiled.metadata
     if getattr(meta, "global_scratch_size", 0) or getattr(meta, "profile_scratch_size", 0):
         raise ValueError(f"{launch.name} needs scratch memory, which a TensorRT plugin launch cannot give it")
