@@ -586,6 +586,50 @@ def _tuning(config: PrefillConfig, dv: int, has_mask: bool, v: torch.Tensor) -> 
     }
 
 
+def encode_operands(
+    k_enc: torch.Tensor, v_enc: torch.Tensor, enc_length: int | None
+) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]:
+    """``pla_encode``'s operands checked and made ready for a kernel: k_enc and v_enc contiguous in their
+    common dtype, the count of tokens to reduce, and the zero (kv, z) the kernels accumulate into."""
+    _check_inputs("k_enc", k_enc, 4, FEATURE_DIM)
+    _check_inputs("v_enc", v_enc, 4)
+    batch, length, heads, _ = k_enc.shape
+    dv = v_enc.shape[-1]
+    _check_dv(dv)
+    count = length if enc_length is None else torch.sym_min(length, enc_length)
+    kv = torch.zeros(batch, heads, EXPANDED_DIM, dv, device=v_enc.device, dtype=torch.float32)
+    z = torch.zeros(batch, heads, EXPANDED_DIM, device=v_enc.device, dtype=torch.float32)
+    dtype = compute_dtype(k_enc, v_enc)
+    return k_enc.to(dtype).contiguous(), v_enc.to(dtype).contiguous(), count, kv, z
+
+
+def causal_operands(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv0: torch.Tensor, z0: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """``pla_causal``'s operands checked and made ready for a kernel: q, k, v contiguous in their common
+    dtype, the initial state fp32 and contiguous on v's device, and the output o (uninitialized)."""
+    _check_inputs("q", q, 4, FEATURE_DIM)
+    _check_inputs("k", k, 4, FEATURE_DIM)
+    _check_inputs("v", v, 4)
+    batch, length, heads, _ = q.shape
+    dv = v.shape[-1]
+    _check_dv(dv)
+    if tuple(k.shape) != tuple(q.shape) or tuple(v.shape[:3]) != (batch, length, heads):
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not agree")
+    if tuple(kv0.shape) != (batch, heads, EXPANDED_DIM, dv) or tuple(z0.shape) != (
+        batch,
+        heads,
+        EXPANDED_DIM,
+    ):
+        raise ValueError(f"kv0 {tuple(kv0.shape)} / z0 {tuple(z0.shape)} do not match q and v")
+    kv0 = kv0.to(device=v.device, dtype=torch.float32).contiguous()
+    z0 = z0.to(device=v.device, dtype=torch.float32).contiguous()
+    o = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+    dtype = compute_dtype(q, k, v)
+    q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
+    return q, k, v, kv0, z0, o
+
+
 def segment_states(
     k: torch.Tensor,
     v: torch.Tensor,
@@ -636,20 +680,13 @@ def pla_encode_with(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``pla_encode`` with explicit launch parameters (tests and benchmarks): the launches
     ``PLA_SEGMENT_STATE`` (the segments' partial states) and ``PLA_ENCODE_SCAN`` (their sum)."""
-    _check_inputs("k_enc", k_enc, 4, FEATURE_DIM)
-    _check_inputs("v_enc", v_enc, 4)
+    k_enc, v_enc, count, kv, z = encode_operands(k_enc, v_enc, enc_length)
     batch, length, heads, _ = k_enc.shape
     dv = v_enc.shape[-1]
-    _check_dv(dv)
-    count = length if enc_length is None else torch.sym_min(length, enc_length)
-    kv = torch.zeros(batch, heads, EXPANDED_DIM, dv, device=v_enc.device, dtype=torch.float32)
-    z = torch.zeros(batch, heads, EXPANDED_DIM, device=v_enc.device, dtype=torch.float32)
     if count == 0 or batch * heads == 0:
         return kv, z
     check_runnable(v_enc, _pla_segment_state_kernel)
-    dtype = compute_dtype(k_enc, v_enc)
-    k_enc = k_enc.to(dtype).contiguous()
-    v_enc = v_enc.to(dtype).contiguous()
+    dtype = k_enc.dtype
     segments = {} if config.num_segments is None else {"SEGMENTS": config.num_segments}
     tuning = _tuning(config, dv, key_mask is not None, v_enc)
     env = PLA_SEGMENT_STATE.bind(
@@ -694,28 +731,12 @@ def pla_causal_with(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``pla_causal`` with explicit launch parameters (tests and benchmarks): one ``PLA_CAUSAL`` launch, or
     the sequence-parallel ``PLA_SEGMENT_STATE``, ``PLA_CAUSAL_SCAN``, ``PLA_CAUSAL_SPLIT``."""
-    _check_inputs("q", q, 4, FEATURE_DIM)
-    _check_inputs("k", k, 4, FEATURE_DIM)
-    _check_inputs("v", v, 4)
+    q, k, v, kv0, z0, o = causal_operands(q, k, v, kv0, z0)
     batch, length, heads, _ = q.shape
     dv = v.shape[-1]
-    _check_dv(dv)
-    if tuple(k.shape) != tuple(q.shape) or tuple(v.shape[:3]) != (batch, length, heads):
-        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not agree")
-    if tuple(kv0.shape) != (batch, heads, EXPANDED_DIM, dv) or tuple(z0.shape) != (
-        batch,
-        heads,
-        EXPANDED_DIM,
-    ):
-        raise ValueError(f"kv0 {tuple(kv0.shape)} / z0 {tuple(z0.shape)} do not match q and v")
-    kv0 = kv0.to(device=v.device, dtype=torch.float32).contiguous()
-    z0 = z0.to(device=v.device, dtype=torch.float32).contiguous()
-    o = torch.empty(v.shape, device=v.device, dtype=v.dtype)
     if length == 0 or batch * heads == 0:
         return o, kv0.clone(), z0.clone()
     check_runnable(v, _pla_chunk_fwd_kernel)
-    dtype = compute_dtype(q, k, v)
-    q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
     mask = _mask_arg(key_mask, (batch, length), v)
     kv = torch.empty_like(kv0)
     z = torch.empty_like(z0)

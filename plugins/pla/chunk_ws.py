@@ -41,9 +41,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import check_runnable, compute_dtype, dot, dot_precision, launcher, num_sms, symbolic
+from .._triton import check_runnable, dot, dot_precision, launcher, num_sms, symbolic
 from . import chunk, naive
-from ._common import EXPANDED_DIM, FEATURE_DIM, _pair_row, _rows_b
+from ._common import EXPANDED_DIM, _pair_row, _rows_b
 
 EXPANDED_DIM_C: tl.constexpr = tl.constexpr(EXPANDED_DIM)
 
@@ -532,21 +532,13 @@ def pla_encode_with(
     config: WsConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``pla_encode`` with explicit launch parameters (tests and benchmarks)."""
-    chunk._check_inputs("k_enc", k_enc, 4, FEATURE_DIM)
-    chunk._check_inputs("v_enc", v_enc, 4)
+    k_enc, v_enc, count, kv, z = chunk.encode_operands(k_enc, v_enc, enc_length)
     batch, length, heads, _ = k_enc.shape
     dv = v_enc.shape[-1]
-    chunk._check_dv(dv)
     bv = _check_config(config, dv)
-    count = length if enc_length is None else torch.sym_min(length, enc_length)
-    kv = torch.zeros(batch, heads, EXPANDED_DIM, dv, device=v_enc.device, dtype=torch.float32)
-    z = torch.zeros(batch, heads, EXPANDED_DIM, device=v_enc.device, dtype=torch.float32)
     if count == 0 or batch * heads == 0:
         return kv, z
     check_runnable(v_enc, _ws_state_kernel)
-    dtype = compute_dtype(k_enc, v_enc)
-    k_enc = k_enc.to(dtype).contiguous()
-    v_enc = v_enc.to(dtype).contiguous()
     mask = chunk._mask_arg(key_mask, (batch, length), v_enc)
     nv = triton.cdiv(dv, bv)
     nseg = config.num_segments
@@ -588,29 +580,13 @@ def pla_causal_with(
     config: WsConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``pla_causal`` with explicit launch parameters (tests and benchmarks)."""
-    chunk._check_inputs("q", q, 4, FEATURE_DIM)
-    chunk._check_inputs("k", k, 4, FEATURE_DIM)
-    chunk._check_inputs("v", v, 4)
+    q, k, v, kv0, z0, o = chunk.causal_operands(q, k, v, kv0, z0)
     batch, length, heads, _ = q.shape
     dv = v.shape[-1]
-    chunk._check_dv(dv)
     bv = _check_config(config, dv)
-    if tuple(k.shape) != tuple(q.shape) or tuple(v.shape[:3]) != (batch, length, heads):
-        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not agree")
-    if tuple(kv0.shape) != (batch, heads, EXPANDED_DIM, dv) or tuple(z0.shape) != (
-        batch,
-        heads,
-        EXPANDED_DIM,
-    ):
-        raise ValueError(f"kv0 {tuple(kv0.shape)} / z0 {tuple(z0.shape)} do not match q and v")
-    kv0 = kv0.to(device=v.device, dtype=torch.float32).contiguous()
-    z0 = z0.to(device=v.device, dtype=torch.float32).contiguous()
-    o = torch.empty(v.shape, device=v.device, dtype=v.dtype)
     if length == 0 or batch * heads == 0:
         return o, kv0.clone(), z0.clone()
     check_runnable(v, _ws_causal_kernel)
-    dtype = compute_dtype(q, k, v)
-    q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
     mask = chunk._mask_arg(key_mask, (batch, length), v)
     has_mask = key_mask is not None
     kv = torch.empty_like(kv0)
