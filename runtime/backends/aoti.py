@@ -5,17 +5,14 @@ on the package's device, allocated once; the package's two programs (prefill for
 write the next state into the rows they are given, so a call hands them views of the pool and nothing is
 copied back. Tokens are sampled on the same device (``torch_sampling``).
 
-On CUDA, decode runs as CUDA graphs, one per batch-size bucket (powers of two up to ``max_batch``), captured
-when the pool is made: while every slot is still free, since capture runs the program once to warm it up.
-A batch of n running sequences replays the bucket that holds n; the rows past n are free slots (running
-sequences fill the lowest slots), so what the graph computes there is never read.
+On CUDA, decode runs as CUDA graphs, one per batch-size bucket (``torch_pool``: powers of two up to
+``max_batch``), captured when the pool is made.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +20,7 @@ import numpy as np
 
 from jrtc.errors import JrtcError
 from jrtc.runtime.backends import first_line
-from jrtc.runtime.sampling import Draw
+from jrtc.runtime.backends.torch_pool import TorchStatePool, capture_graphs, smallest_bucket
 
 if TYPE_CHECKING:
     import torch
@@ -33,75 +30,24 @@ if TYPE_CHECKING:
 PROGRAMS = ("prefill", "decode")
 
 
-def _buckets(max_batch: int) -> list[int]:
-    sizes = [1]
-    while sizes[-1] < max_batch:
-        sizes.append(min(2 * sizes[-1], max_batch))
-    return sizes
-
-
-class DecodeGraphs:
-    """The decode program captured as CUDA graphs over the first rows of a pool, one per batch bucket."""
-
-    def __init__(self, decode: Any, states: list[torch.Tensor], max_batch: int) -> None:
-        import torch
-
-        device = states[0].device
-        self.input_ids = torch.zeros(max_batch, 1, dtype=torch.int64, device=device)
-        self.start_pos = torch.ones(max_batch, dtype=torch.int64, device=device)  # past the encoder
-        self.num_pad = torch.zeros(max_batch, dtype=torch.int64, device=device)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        pool = None
-        for size in sorted(
-            _buckets(max_batch), reverse=True
-        ):  # the largest first: the others reuse its memory
-            args = (
-                self.input_ids[:size],
-                self.start_pos[:size],
-                self.num_pad[:size],
-                [s[:size] for s in states],
-            )
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                decode(*args)  # warm-up outside the graph (allocations, lazy initialization)
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                logits = decode(*args)
-            pool = graph.pool()
-            self.graphs[size] = (graph, logits)
-
-    def run(self, input_ids: torch.Tensor, start_pos: torch.Tensor) -> torch.Tensor:
-        batch = input_ids.shape[0]
-        size = min(s for s in self.graphs if s >= batch)
-        self.input_ids[:batch].copy_(input_ids)
-        self.start_pos[:batch].copy_(start_pos)
-        graph, logits = self.graphs[size]
-        graph.replay()
-        return logits[:batch]
-
-
-class AotiPool:
+class AotiPool(TorchStatePool):
     def __init__(self, backend: AotiBackend, max_batch: int) -> None:
         import torch
 
-        manifest = backend.manifest
+        super().__init__(backend.manifest, max_batch, backend.device)
         self._backend = backend
-        self._vocab_size = manifest.vocab_size
-        self.max_batch = max_batch
-        self.states = [
-            torch.zeros((max_batch, *s.shape), dtype=getattr(torch, s.dtype), device=backend.device)
-            for s in manifest.state
-        ]
-        self.bytes_per_sequence = sum(s.nbytes for s in self.states) // max_batch
-        self._graphs = None
+        self._graphs: dict[int, tuple[Any, torch.Tensor]] = {}
         self.graph_error: str | None = (
             None  # why decode runs without CUDA graphs on a CUDA device, if it does
         )
         if backend.cuda_graphs:
+            device = backend.device
+            # The graphs' inputs: fixed buffers, of which a replay reads the first n rows.
+            self._ids = torch.zeros(max_batch, 1, dtype=torch.int64, device=device)
+            self._positions = torch.ones(max_batch, dtype=torch.int64, device=device)  # past the encoder
+            self._pads = torch.zeros(max_batch, dtype=torch.int64, device=device)
             try:
-                self._graphs = DecodeGraphs(backend.decode, self.states, max_batch)
+                self._graphs = capture_graphs(max_batch, device, self._decode_rows)
             except RuntimeError as exc:  # capture refused (a library call that cannot be captured, say)
                 self.graph_error = first_line(exc)
                 warnings.warn(
@@ -109,13 +55,10 @@ class AotiPool:
                 )
             self.reset(slice(0, max_batch))  # the warm-up ran on these rows
 
-    def reset(self, slots: slice) -> None:
-        for state in self.states:
-            state[slots].zero_()
-
-    def move(self, source: int, target: int) -> None:
-        for state in self.states:
-            state[target].copy_(state[source])
+    def _decode_rows(self, size: int) -> torch.Tensor:
+        """The decode program over the first ``size`` rows of the pool and of the graphs' input buffers."""
+        rows = [state[:size] for state in self.states]
+        return self._backend.decode(self._ids[:size], self._positions[:size], self._pads[:size], rows)
 
     def run(
         self, slots: slice, input_ids: np.ndarray, start_pos: np.ndarray, num_pad: np.ndarray
@@ -125,19 +68,16 @@ class AotiPool:
         device = self._backend.device
         ids = torch.from_numpy(input_ids).to(device)
         positions = torch.from_numpy(start_pos).to(device)
-        if input_ids.shape[1] == 1 and self._graphs is not None and slots.start == 0:
-            return self._graphs.run(ids, positions)
+        batch = input_ids.shape[0]
+        if input_ids.shape[1] == 1 and self._graphs and slots.start == 0:
+            self._ids[:batch].copy_(ids)
+            self._positions[:batch].copy_(positions)
+            graph, logits = self._graphs[smallest_bucket(self._graphs, batch)]
+            graph.replay()
+            return logits[:batch]
         program = self._backend.decode if input_ids.shape[1] == 1 else self._backend.prefill
         pads = torch.from_numpy(num_pad).to(device)
         return program(ids, positions, pads, [state[slots] for state in self.states])
-
-    def sample(self, logits: torch.Tensor, draws: Sequence[Draw]) -> list[int]:
-        from jrtc.runtime.backends import torch_sampling
-
-        return torch_sampling.sample(logits[:, : self._vocab_size], draws)
-
-    def to_numpy(self, logits: torch.Tensor) -> np.ndarray:
-        return logits.float().cpu().numpy()
 
 
 class AotiBackend:

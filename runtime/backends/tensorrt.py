@@ -32,8 +32,7 @@ import numpy as np
 
 from jrtc.errors import JrtcError
 from jrtc.runtime.backends import first_line
-from jrtc.runtime.backends.aoti import _buckets  # the same decode batch buckets as the cuda engine
-from jrtc.runtime.sampling import Draw
+from jrtc.runtime.backends.torch_pool import TorchStatePool, capture_graphs, smallest_bucket
 
 if TYPE_CHECKING:
     import torch
@@ -89,20 +88,15 @@ def aligned_zeros(shape: Sequence[int], dtype: torch.dtype, device: str) -> torc
     return raw[skip : skip + count * size].view(dtype).view(tuple(shape))
 
 
-class TensorRTPool:
+class TensorRTPool(TorchStatePool):
     def __init__(self, backend: TensorRTBackend, max_batch: int) -> None:
         import torch
 
         manifest = backend.manifest
-        self._backend = backend
-        self._vocab_size = manifest.vocab_size
-        self.max_batch = max_batch
         device = backend.device
+        super().__init__(manifest, max_batch, device)
+        self._backend = backend
         self.names = [s.name for s in manifest.state]
-        self.states = [
-            torch.zeros((max_batch, *s.shape), dtype=getattr(torch, s.dtype), device=device)
-            for s in manifest.state
-        ]
         # next.* of the outputs that are not updated in place: written here, copied back into the pool
         self.next = {
             name: aligned_zeros(state.shape, state.dtype, device)
@@ -110,18 +104,19 @@ class TensorRTPool:
             if name not in backend.in_place
         }
         self.logits = aligned_zeros((max_batch, manifest.vocab_size_padded), torch.float32, device)
-        self.bytes_per_sequence = sum(s[0].nbytes for s in self.states)
-        self._graphs: dict[int, tuple[Any, dict[str, torch.Tensor]]] = {}
+        self._graphs: dict[int, tuple[Any, Any]] = {}
         if backend.cuda_graphs:
-            self._capture_decode_graphs()
-
-    def reset(self, slots: slice) -> None:
-        for state in self.states:
-            state[slots].zero_()
-
-    def move(self, source: int, target: int) -> None:
-        for state in self.states:
-            state[target].copy_(state[source])
+            self._decode_inputs = {
+                "ids": torch.zeros(max_batch, 1, dtype=torch.int64, device=device),
+                "pos": torch.ones(max_batch, dtype=torch.int64, device=device),  # past the encoder
+                "pads": torch.zeros(max_batch, dtype=torch.int64, device=device),
+            }
+            self._graphs = capture_graphs(
+                max_batch,
+                device,
+                lambda size: self._call(slice(0, size), *(t[:size] for t in self._decode_inputs.values())),
+            )
+            self.reset(slice(0, max_batch))  # the warm-up ran on these rows
 
     def _call(
         self, slots: slice, ids: torch.Tensor, positions: torch.Tensor, pads: torch.Tensor
@@ -150,31 +145,6 @@ class TensorRTPool:
                 rows.copy_(result)
         return self.logits[:n]
 
-    def _capture_decode_graphs(self) -> None:
-        """One CUDA graph per decode bucket over the pool's first rows (all free now: capture runs them)."""
-        import torch
-
-        device = self._backend.device
-        self._decode_inputs = {
-            "ids": torch.zeros(self.max_batch, 1, dtype=torch.int64, device=device),
-            "pos": torch.ones(self.max_batch, dtype=torch.int64, device=device),  # past the encoder
-            "pads": torch.zeros(self.max_batch, dtype=torch.int64, device=device),
-        }
-        pool = None
-        for size in sorted(_buckets(self.max_batch), reverse=True):  # the largest first: the others reuse it
-            args = (slice(0, size), *(t[:size] for t in self._decode_inputs.values()))
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                self._call(*args)  # warm-up outside the graph: the first call after a shape change allocates
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._call(*args)
-            pool = graph.pool()
-            self._graphs[size] = graph
-        self.reset(slice(0, self.max_batch))
-
     def run(
         self, slots: slice, input_ids: np.ndarray, start_pos: np.ndarray, num_pad: np.ndarray
     ) -> torch.Tensor:
@@ -184,20 +154,12 @@ class TensorRTPool:
         n = input_ids.shape[0]
         ids, positions = (torch.from_numpy(a).to(device) for a in (input_ids, start_pos))
         if input_ids.shape[1] == 1 and self._graphs and slots.start == 0:
-            size = min(s for s in self._graphs if s >= n)
             self._decode_inputs["ids"][:n].copy_(ids)
             self._decode_inputs["pos"][:n].copy_(positions)
-            self._graphs[size].replay()
+            graph, _ = self._graphs[smallest_bucket(self._graphs, n)]
+            graph.replay()
             return self.logits[:n]
         return self._call(slots, ids, positions, torch.from_numpy(num_pad).to(device))
-
-    def sample(self, logits: torch.Tensor, draws: Sequence[Draw]) -> list[int]:
-        from jrtc.runtime.backends import torch_sampling
-
-        return torch_sampling.sample(logits[:, : self._vocab_size], draws)
-
-    def to_numpy(self, logits: torch.Tensor) -> np.ndarray:
-        return logits.float().cpu().numpy()
 
 
 class TensorRTBackend:
