@@ -22,19 +22,19 @@ def _size(n: int) -> str:
     return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
 
 
-def quantization_lines(manifest: dict[str, Any]) -> list[str]:
-    """What the engine's weights are: quantized and what stayed float32 (``jrtc.json``'s ``quantization``)."""
+def weights_summary(manifest: dict[str, Any]) -> dict[str, str]:
+    """What an engine's weights are (``jrtc.json``'s ``quantization``): for the export summary and ``jrtc info``."""
     q = manifest.get("quantization")
     if q is None:
-        return ["weights: float32"]
+        return {"weights": "float32"}
     layers = sum(q["quantized"]["modules"].values())
-    return [
-        f"weights: {q['weights']} in blocks of {q['block_size']} ({_size(q['quantized']['bytes'])}, with "
-        f"scales{'' if q['symmetric'] else ' and zero points'}): {layers} linear layers "
-        "(projections, MLP, lm_head) and the tied embedding",
-        f"float32: {_size(q['float32']['bytes'])} of weights ({q['float32']['weights']}); "
+    zero_points = "" if q["symmetric"] else " and zero points"
+    return {
+        "weights": f"{q['weights']} in blocks of {q['block_size']} ({_size(q['quantized']['bytes'])} with "
+        f"scales{zero_points}): {layers} linear layers (projections, MLP, lm_head) and the tied embedding",
+        "float32": f"{_size(q['float32']['bytes'])} of weights ({q['float32']['weights']}); "
         f"also {q['float32']['also']}",
-    ]
+    }
 
 
 def summary_lines(exported: Exported) -> list[str]:
@@ -42,7 +42,7 @@ def summary_lines(exported: Exported) -> list[str]:
     state = m["state_bytes_per_sequence"]
     lines = [f"engine directory {exported.directory} (target {m['target']}, backend {m['backend']})"]
     lines += [f"  {name:<20} {_size(size):>10}" for name, size in exported.files.items()]
-    lines += quantization_lines(m)
+    lines += [f"{key}: {value}" for key, value in weights_summary(m).items()]
     lines.append(
         f"state per sequence: {_size(state)} in {len(m['state'])} tensors; "
         f"pool of {m['max_batch']}: {_size(state * m['max_batch'])}"

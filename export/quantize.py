@@ -139,7 +139,9 @@ def _head_as_matmul(model: onnx.ModelProto) -> tuple[str, str]:
     return tied, gemm.output[0]
 
 
-def _embedding_from_head(model: onnx.ModelProto, tied: str, head_output: str, quantization: Quantization) -> None:
+def _embedding_from_head(
+    model: onnx.ModelProto, tied: str, head_output: str, quantization: Quantization
+) -> None:
     """Point the embedding's ``Gather`` of ``tied`` at the head's quantized blocks.
 
     ``MatMulNBits`` stores its weight as ``[N, K / block, block * bits / 8]`` bytes (here: one row of N per
@@ -224,7 +226,9 @@ def quantize_step_graph(graph: ir.Model, quantization: Quantization) -> tuple[ir
     blocks = {i for n in quantized for i in n.input[1:4]}  # quantized weights, their scales and zero points
     quantized_bytes = sum(_nbytes(names[i]) for i in blocks)
     float_bytes = sum(
-        _nbytes(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.name not in blocks
+        _nbytes(t)
+        for t in model.graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT and t.name not in blocks
     )
     record = {
         "weights": quantization.weights,
