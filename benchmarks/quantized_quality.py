@@ -163,6 +163,7 @@ def run(steps: int, examples: int, block_sizes: list[int], log: Callable[[str], 
                     if block in (None, DEFAULT_BLOCK_SIZE):
                         log(f"example: recall accuracy, {examples} examples: {weights} engine")
                         recall.append({"engine": weights, **recall_accuracy(engine, examples, seed)})
+                        log(f"example: {recall[-1]}")
     return {
         "benchmark": "quantized_quality",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
