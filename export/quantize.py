@@ -115,17 +115,19 @@ def _module_name(node: onnx.NodeProto) -> str:
     return _LAYER_INDEX.sub(".layers.*.", module).removeprefix("model.")
 
 
+# The rewrites below check what they assume of the traced graph; a failed check is a bug of jrtc (or an
+# exporter or quantizer that changed), not the user's to fix: RuntimeError, not JrtcError.
 def _head_as_matmul(model: onnx.ModelProto) -> tuple[str, str]:
     """Rewrite the head's ``Gemm(x, W, transB=1)`` as ``MatMul(x, W^T)``, which the quantizer handles;
     returns the tied weight's name and the head's output."""
     inits = _initializers(model)
     gemms = [n for n in model.graph.node if n.op_type == "Gemm" and n.input[1] in inits]
     if len(gemms) != 1 or len(gemms[0].input) != 2:
-        raise JrtcError(f"the step graph has {len(gemms)} weight Gemm nodes, expected the head alone")
+        raise RuntimeError(f"the step graph has {len(gemms)} weight Gemm nodes, expected the head alone")
     gemm = gemms[0]
     attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
     if attrs != {"transB": 1} and attrs != {"transA": 0, "transB": 1, "alpha": 1.0, "beta": 1.0}:
-        raise JrtcError(f"the head's Gemm has attributes {attrs}, expected transB=1 alone")
+        raise RuntimeError(f"the head's Gemm has attributes {attrs}, expected transB=1 alone")
     tied = gemm.input[1]
     weight = numpy_helper.to_array(inits[tied])
     transposed = numpy_helper.from_array(np.ascontiguousarray(weight.T), f"{tied}.T")
@@ -146,11 +148,14 @@ def _embedding_from_head(
 
     ``MatMulNBits`` stores its weight as ``[N, K / block, block * bits / 8]`` bytes (here: one row of N per
     token, blocks along d_model) with scales ``[N, K / block]``, which is ``GatherBlockQuantized``'s layout
-    for ``[vocab, d_model]`` data quantized along axis 1, once the bytes are viewed as 2-D.
+    for ``[vocab, d_model]`` data quantized along axis 1, once the bytes are viewed as 2-D (a ``Reshape``; the
+    uint8 form with zero points and 8 bits came with https://github.com/microsoft/onnxruntime/pull/25214).
+    The file holds the blocks once; ONNX Runtime folds the ``Reshape`` when it loads the graph, so memory holds
+    a second copy of the quantized table (not of a float one), which decode reads only B rows of.
     """
     head = next(n for n in model.graph.node if head_output in n.output)
     if head.op_type != "MatMulNBits":
-        raise JrtcError(f"the quantizer left the head as {head.op_type}, not MatMulNBits")
+        raise RuntimeError(f"the quantizer left the head as {head.op_type}, not MatMulNBits")
     packed, scales, *zero_points = head.input[1:4]
     vocab = next(helper.get_attribute_value(a) for a in head.attribute if a.name == "N")
     rows = f"{packed}.rows"
@@ -161,7 +166,7 @@ def _embedding_from_head(
         if node.op_type == "Gather" and node.input[0] == tied:
             axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
             if axis != 0:
-                raise JrtcError(f"the embedding gathers along axis {axis}, expected 0")
+                raise RuntimeError(f"the embedding gathers along axis {axis}, expected 0")
             nodes.append(helper.make_node("Reshape", [packed, shape.name], [rows], name=f"{node.name}_rows"))
             node = helper.make_node(
                 "GatherBlockQuantized",
@@ -178,7 +183,7 @@ def _embedding_from_head(
     model.graph.ClearField("node")
     model.graph.node.extend(nodes)
     if any(tied in n.input for n in model.graph.node):
-        raise JrtcError(f"the tied weight {tied} is still read in float after quantization")
+        raise RuntimeError(f"the tied weight {tied} is still read in float after quantization")
     kept = [t for t in model.graph.initializer if t.name != tied]
     model.graph.ClearField("initializer")
     model.graph.initializer.extend(kept)
@@ -219,7 +224,7 @@ def quantize_step_graph(graph: ir.Model, quantization: Quantization) -> tuple[ir
     names = _initializers(model)
     missed = sorted({linears[w] for w in linears if f"{w}_Q{quantization.bits}" not in weights})
     if missed:
-        raise JrtcError(f"the quantizer left {', '.join(missed)} in float")
+        raise RuntimeError(f"the quantizer left {', '.join(missed)} in float")
     modules: dict[str, int] = {}
     for name in linears.values():
         modules[name] = modules.get(name, 0) + 1

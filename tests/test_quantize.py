@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -254,6 +255,18 @@ def test_run_takes_a_quantized_engine_and_threads(
         stats = json.loads(result.stdout.splitlines()[-1])["stats"]
         assert stats["threads"] == expected and stats["generated_tokens"] == 3
         assert f"({expected} thread" in result.stderr
+
+
+def test_running_a_quantized_engine_imports_no_torch(engines: dict[tuple[str, str], Path]) -> None:
+    code = f"""
+import sys
+from jrtc.runtime import Engine, SamplingParams
+engine = Engine.load({str(engines["example", "int4"])!r})
+assert len(list(engine.session().generate("ab:", SamplingParams(max_new_tokens=3)))) == 3
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "triton"))
+assert not heavy, heavy
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_threads_reach_onnxruntime(engines: dict[tuple[str, str], Path]) -> None:
