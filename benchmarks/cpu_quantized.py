@@ -40,7 +40,7 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -258,6 +258,11 @@ def profile(directory: Path, steps: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     model = random_jrt_360m(pad_token_id=32).eval().requires_grad_(False)  # 32: the byte-level tokenizer fits
+    if args.layers is not None:  # a quick check of this script, not a measurement
+        model = JRTModel(
+            replace(model.config, n_layer=args.layers, layer_types=model.config.layer_types[: args.layers])
+        )
+        model.eval().requires_grad_(False)
     cfg = model.config
     loads = [os.getloadavg()[0]]
     rows: list[dict[str, Any]] = []
@@ -296,13 +301,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 load = os.getloadavg()[0]
                 loads.append(load)
                 log(
-                    f"{threads} thread(s), B={batch}: bandwidth {probe['read_GBps']:.1f} GB/s read, load {load:.1f}"
+                    f"{threads} thread(s), B={batch}: read {probe['read_GBps']:.1f} GB/s "
+                    f"({probe['read_GBps_cpu_time']:.1f} per CPU second), load {load:.1f}"
                 )
                 reference = None
                 for impl in implementations:
                     time.sleep(SETTLE_S)
                     numbers = decode(
-                        impl.runner(threads, batch), batch, args.steps, args.repeats, cfg.vocab_size
+                        impl.runner(threads, batch), threads, batch, args.steps, args.repeats, cfg.vocab_size
                     )
                     tokens = numbers.pop("tokens")
                     reference = tokens if reference is None else reference  # the fp32 engine's, first
@@ -328,7 +334,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                         row["prefill"] = {
                             "length": args.prefill_len,
                             **prefill(
-                                impl.runner(threads, 1), args.prefill_len, args.repeats, cfg.vocab_size
+                                impl.runner(threads, 1),
+                                threads,
+                                args.prefill_len,
+                                args.repeats,
+                                cfg.vocab_size,
                             ),
                         }
                     log(
@@ -398,6 +408,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="decode steps per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed decode runs and prefill calls")
     parser.add_argument("--prefill-len", type=int, default=512)
+    parser.add_argument(
+        "--layers", type=int, help="keep the first N layers only: a quick check of the script"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args()
