@@ -15,6 +15,7 @@ FORMATS = (
     "plan",
 )  # per target: cpu onnx (default) or aoti, cuda aoti, h100/h200 plan or onnx
 DTYPES = ("float32", "bfloat16")
+QUANTIZE = ("int8", "int4")  # --quantize: block-quantized weights (cpu target, onnx format)
 BYTES_TOKENIZER = "bytes"  # --tokenizer bytes: the built-in byte-level tokenizer (id b = byte b)
 DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_PROMPT_LEN = 512  # raised to enc_length when the encoder is longer: its first call holds it all

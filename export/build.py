@@ -25,6 +25,7 @@ import jrtc
 from jrtc.checkpoint import load_checkpoint
 from jrtc.errors import JrtcError, check_int
 from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, DEFAULT_MAX_PROMPT_LEN, TARGETS
+from jrtc.export.quantize import check_quantization
 from jrtc.export.step_graph import io_names
 from jrtc.export.targets import TARGET_MODULES, Built, target_module
 from jrtc.model import JRTModel
@@ -55,6 +56,15 @@ def check_target(target: str, fmt: str | None) -> tuple[Any, str]:
     if fmt not in module.FORMATS:
         raise JrtcError(f"target {target} writes {' or '.join(module.FORMATS)}, not --format {fmt}")
     return module, fmt
+
+
+def check_quantize(target: str, module: Any, fmt: str, quantize: str | None) -> None:
+    """``--quantize`` only where the target writes quantized engines of that format."""
+    if quantize is not None and quantize not in getattr(module, "QUANTIZE", {}).get(fmt, ()):
+        raise JrtcError(
+            f"--quantize {quantize} is not available for --target {target} --format {fmt}: quantized "
+            "engines are ONNX step graphs for ONNX Runtime; export with --target cpu --format onnx"
+        )
 
 
 def resolve_tokenizer(checkpoint: Path, tokenizer: str | None) -> str:
@@ -217,10 +227,15 @@ def export_engine(
     progress: Callable[[str], None] = lambda message: None,
     fmt: str | None = None,
     dtype: str | None = None,
+    quantize: str | None = None,
+    block_size: int | None = None,
 ) -> Exported:
     """Export ``checkpoint`` for ``target`` (in format ``fmt``, weights in ``dtype``: the target's defaults
-    when None) into the engine directory ``output``."""
+    when None) into the engine directory ``output``; ``quantize`` ("int8", "int4") block-quantizes the
+    weights in blocks of ``block_size``."""
+    quantization = check_quantization(quantize, block_size)
     module, fmt = check_target(target, fmt)
+    check_quantize(target, module, fmt, quantize)
     placement = module.place(fmt, dtype)
     check_output(output)
     check_int("--max-batch", max_batch, minimum=1)
@@ -259,7 +274,8 @@ def export_engine(
     except OSError as exc:
         raise _write_error(output, exc) from None
     try:
-        built = module.build(model, staging, fmt, max_batch, max_prompt_len, progress)
+        options = {"quantization": quantization} if quantization else {}
+        built = module.build(model, staging, fmt, max_batch, max_prompt_len, progress, **options)
         (staging / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
         progress("checksums and manifest")
         names = [*built.files, TOKENIZER]

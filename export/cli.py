@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from jrtc.errors import JrtcError
-from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, DTYPES, FORMATS, TARGETS
+from jrtc.export import BYTES_TOKENIZER, DEFAULT_MAX_BATCH, DTYPES, FORMATS, QUANTIZE, TARGETS
 
 if TYPE_CHECKING:
     from jrtc.export.build import Exported
@@ -23,11 +23,27 @@ def _size(n: int) -> str:
     return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
 
 
+def weights_summary(manifest: dict[str, Any]) -> dict[str, str]:
+    """What an engine's weights are (``jrtc.json``'s ``quantization``): for the export summary and ``jrtc info``."""
+    q = manifest.get("quantization")
+    if q is None:
+        return {"weights": "float32"}
+    layers = sum(q["quantized"]["modules"].values())
+    zero_points = "" if q["symmetric"] else " and zero points"
+    return {
+        "weights": f"{q['weights']} in blocks of {q['block_size']} ({_size(q['quantized']['bytes'])} with "
+        f"scales{zero_points}): {layers} linear layers (projections, MLP, lm_head) and the tied embedding",
+        "float32": f"{_size(q['float32']['bytes'])} of weights ({q['float32']['weights']}); "
+        f"also {q['float32']['also']}",
+    }
+
+
 def summary_lines(exported: Exported) -> list[str]:
     m = exported.manifest
     state = m["state_bytes_per_sequence"]
     lines = [f"engine directory {exported.directory} (target {m['target']}, backend {m['backend']})"]
     lines += [f"  {name:<20} {_size(size):>10}" for name, size in exported.files.items()]
+    lines += [f"{key}: {value}" for key, value in weights_summary(m).items()]
     lines.append(
         f"state per sequence: {_size(state)} in {len(m['state'])} tensors; "
         f"pool of {m['max_batch']}: {_size(state * m['max_batch'])}"
@@ -75,6 +91,17 @@ def summary_lines(exported: Exported) -> list[str]:
     type=click.Choice(DTYPES),
     help="Weight dtype [default: float32 for cpu, bfloat16 for cuda, h100, h200]; the PLA state is always float32.",
 )
+@click.option(
+    "--quantize",
+    type=click.Choice(QUANTIZE),
+    help="Block-quantize the weights of every linear layer and the tied embedding/head "
+    "(ONNX Runtime's MatMulNBits; --target cpu, --format onnx). The PLA state stays float32.",
+)
+@click.option(
+    "--block-size",
+    type=int,
+    help="Weights per quantization block, a power of two >= 16 dividing d_model [default: 32].",
+)
 @click.option("--max-batch", type=int, default=DEFAULT_MAX_BATCH, show_default=True, help="State-pool size.")
 @click.option(
     "--max-prompt-len", type=int, help="Largest L of one prefill call [default: max(512, enc_length)]."
@@ -96,6 +123,8 @@ def export_command(
     output: Path | None,
     fmt: str | None,
     dtype: str | None,
+    quantize: str | None,
+    block_size: int | None,
     max_batch: int,
     max_prompt_len: int | None,
     tokenizer: str | None,
@@ -117,7 +146,17 @@ def export_command(
     if output is None:
         output = Path(f"{checkpoint.resolve().stem}-{target}")
     exported = export_engine(
-        checkpoint, output, target, max_batch, max_prompt_len, tokenizer, progress, fmt=fmt, dtype=dtype
+        checkpoint,
+        output,
+        target,
+        max_batch,
+        max_prompt_len,
+        tokenizer,
+        progress,
+        fmt=fmt,
+        dtype=dtype,
+        quantize=quantize,
+        block_size=block_size,
     )
     if not quiet:
         click.echo("\n".join(summary_lines(exported)))

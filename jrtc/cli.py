@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -71,17 +72,46 @@ def main() -> None:
     """Compile JRT-RNN language models into inference engines and run them."""
 
 
-@main.command()
-@click.argument("checkpoint", type=click.Path(path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def info(checkpoint: str, as_json: bool) -> None:
-    """Describe a checkpoint: layer mix, shapes, parameters, recurrent state per sequence."""
-    import json
+def _engine_summary(directory: Path) -> dict[str, Any]:
+    """``jrtc info`` of an engine directory: its manifest, and the model its config describes."""
+    import torch
 
-    from jrtc.checkpoint import load_checkpoint
+    from jrtc.config import JRTConfig
+    from jrtc.export.cli import weights_summary
+    from jrtc.model import JRTModel
+    from jrtc.runtime.engine import MANIFEST, Manifest
     from jrtc.summary import describe
 
-    summary = describe(load_checkpoint(checkpoint))
+    manifest = Manifest.read(directory / MANIFEST)
+    with torch.device("meta"):  # shapes only: the weights are in the engine
+        model = JRTModel(JRTConfig.from_dict(manifest.raw.get("model")))
+    weights = weights_summary(manifest.raw)
+    summary = {
+        "engine": f"{manifest.engine} (target {manifest.target}, backend {manifest.backend})",
+        **describe(model),
+        **weights,
+    }
+    summary["dtype"] = weights["weights"].split(" ")[0]
+    return summary
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def info(path: str, as_json: bool) -> None:
+    """Describe a checkpoint or an engine directory: layer mix, shapes, parameters, recurrent state per
+    sequence; for an engine also its target and what its weights are (float32, int8 or int4)."""
+    import json
+
+    from jrtc.runtime.engine import MANIFEST
+
+    if (Path(path) / MANIFEST).is_file():
+        summary = _engine_summary(Path(path))
+    else:
+        from jrtc.checkpoint import load_checkpoint
+        from jrtc.summary import describe
+
+        summary = describe(load_checkpoint(path))
     if as_json:
         click.echo(json.dumps(summary, indent=1))
         return

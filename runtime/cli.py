@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from jrtc.errors import JrtcError
+from jrtc.runtime.backends.onnxruntime import physical_cores
 from jrtc.runtime.engine import Engine
 from jrtc.runtime.prompt import PAD_MODES, build_prompt
 from jrtc.runtime.sampling import SamplingParams
@@ -44,12 +45,13 @@ def read_prompt_file(path: Path) -> str:
     return text
 
 
-def _stats_line(stats: Stats) -> str:
+def _stats_line(stats: Stats, threads: int) -> str:
     padded = f" ({stats.prefill_tokens} with padding)" if stats.prefill_tokens != stats.prompt_tokens else ""
     return (
         f"[jrtc] prompt {stats.prompt_tokens} tokens{padded}, prefill {stats.prefill_ms:.1f} ms, "
-        f"{stats.generated_tokens} generated, decode {stats.decode_tokens_per_s:.1f} tokens/s, "
-        f"state {stats.state_bytes / 2**20:.2f} MiB/sequence, finished by {stats.finish_reason}"
+        f"{stats.generated_tokens} generated, decode {stats.decode_tokens_per_s:.1f} tokens/s "
+        f"({threads} thread{'s' if threads > 1 else ''}), state {stats.state_bytes / 2**20:.2f} MiB/sequence, "
+        f"finished by {stats.finish_reason}"
     )
 
 
@@ -94,6 +96,11 @@ def _stats_line(stats: Stats) -> str:
     help="Sample from the likeliest tokens holding this much probability.",
 )
 @click.option("--seed", type=int, help="Seed for sampling, for reproducible output.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Intra-op threads of the backend (ONNX Runtime's) [default: the physical cores].",
+)
 @click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
 @click.option("--quiet", is_flag=True, help="No stats on stderr.")
 def run_command(
@@ -109,6 +116,7 @@ def run_command(
     top_k: int,
     top_p: float,
     seed: int | None,
+    threads: int | None,
     stop: tuple[str, ...],
     quiet: bool,
 ) -> None:
@@ -117,7 +125,8 @@ def run_command(
         raise JrtcError("--top-k and --top-p apply when sampling: add --temperature (e.g. 1.0)")
     prompt = build_prompt(read_prompt_file(prompt_file), question, repeat, pad)
     params = SamplingParams(temperature, top_k, top_p, seed, max_new_tokens, stop)
-    engine = Engine.load(path)
+    threads = threads or physical_cores()
+    engine = Engine.load(path, threads=threads)
     session = engine.session(max_batch=1)
     request = session.request(prompt, params)
     if show_prompt:
@@ -135,7 +144,7 @@ def run_command(
         sys.stdout.flush()
     stats = request.stats
     if as_json:
-        sys.stdout.write(json.dumps({"stats": stats.to_dict()}) + "\n")
+        sys.stdout.write(json.dumps({"stats": {**stats.to_dict(), "threads": threads}}) + "\n")
     if not quiet:
         # The line break goes to stderr too, so stdout holds exactly the completion.
-        click.echo("\n" + _stats_line(stats), err=True)
+        click.echo("\n" + _stats_line(stats, threads), err=True)

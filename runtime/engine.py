@@ -218,10 +218,11 @@ class Engine:
         self.tokenizer = tokenizer
 
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True) -> Engine:
+    def load(cls, path: str | Path, verify: bool = True, threads: int | None = None) -> Engine:
         """Load the engine directory ``path`` (or a file inside it, e.g. its ``model.onnx``).
 
-        ``verify`` checks the files against the manifest's checksums (a full read of each file).
+        ``verify`` checks the files against the manifest's checksums (a full read of each file); ``threads``
+        sets the backend's host threads (ONNX Runtime's intra-op threads; default: the physical cores).
         """
         path = Path(path)
         if not path.exists():
@@ -252,7 +253,7 @@ class Engine:
         check_tokenizer_fits(
             tokenizer, manifest.vocab_size, manifest.pad_token_id, str(directory / manifest.tokenizer)
         )
-        backend = load_backend(directory / manifest.engine, manifest)
+        backend = load_backend(directory / manifest.engine, manifest, threads)
         return cls(directory, manifest, backend, tokenizer)
 
     def encode(self, text: str) -> list[int]:

@@ -6,7 +6,9 @@ A target module has:
 * ``place(fmt, dtype) -> Placement``: where and how the model must be loaded for it, refusing in one line
   what this machine cannot build (called before the checkpoint is read);
 * ``build(model, staging, fmt, max_batch, max_prompt_len, progress) -> Built``: write the engine files into
-  the staging directory and say what the manifest must add.
+  the staging directory and say what the manifest must add;
+* optionally ``QUANTIZE``: per format, the ``--quantize`` values it writes; ``build`` then also takes
+  ``quantization=`` (a ``jrtc.export.quantize.Quantization``) when one is asked for.
 
 ``jrtc.export.build`` does everything around them: options, the tokenizer, checksums, the manifest, the atomic
 install of the engine directory.

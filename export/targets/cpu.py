@@ -1,25 +1,28 @@
 """``--target cpu``: the fp32 step graph for CPUs, as ONNX for ONNX Runtime (``--format onnx``, the default)
 or as an AOTInductor package (``--format aoti``: the same package kind as ``--target cuda``, which ``cpp/``
-loads from C++)."""
+loads from C++). ONNX engines may carry int8 or int4 weights (``--quantize``, ``jrtc.export.quantize``)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
 
 from jrtc.config import JRTConfig
 from jrtc.errors import JrtcError
-from jrtc.export import aoti, onnx_graph
+from jrtc.export import aoti, onnx_graph, quantize
 from jrtc.export.onnx_functions import OPSET
+from jrtc.export.quantize import Quantization
 from jrtc.export.step_graph import io_names
 from jrtc.export.targets import Built, Placement, Progress
 from jrtc.model import JRTModel
 
 PREFILL_GROWTH = "it grows with its square"  # how prefill_bytes grows with the length, for messages
 FORMATS = ("onnx", "aoti")
+QUANTIZE = {"onnx": quantize.BITS}  # per format, the --quantize values it writes
 ENGINE = "model.onnx"
 
 
@@ -54,18 +57,33 @@ def prefill_bytes(cfg: JRTConfig, length: int) -> int:
 
 
 def build(
-    model: JRTModel, staging: Path, fmt: str, max_batch: int, max_prompt_len: int, progress: Progress
+    model: JRTModel,
+    staging: Path,
+    fmt: str,
+    max_batch: int,
+    max_prompt_len: int,
+    progress: Progress,
+    quantization: Quantization | None = None,
 ) -> Built:
     inputs, outputs = io_names(model)
     if fmt == "aoti":
         aoti.build_package(model, staging / aoti.PACKAGE, max_batch, max_prompt_len, progress)
         fields = aoti.manifest_fields(model, max_batch, max_prompt_len)
         return Built(aoti.PACKAGE, [aoti.PACKAGE], "aoti", ["logits"], fields)
+    if quantization is not None:
+        quantize.check_fits(quantization, model.config.d_model)
     progress(f"tracing the step graph ({model.config.n_layer} layers)")
     graph = onnx_graph.trace_step_graph(model)
+    fields: dict[str, Any] = {}
+    if quantization is not None:
+        progress(
+            f"quantizing the weights to {quantization.weights} (blocks of {quantization.block_size}, "
+            "ONNX Runtime's MatMulNBitsQuantizer)"
+        )
+        graph, fields["quantization"] = quantize.quantize_step_graph(graph, quantization)
     progress(f"writing {ENGINE}")
     written = onnx_graph.save(graph, staging / ENGINE)
     progress("checking the graph (onnx.checker, full)")
     onnx_graph.check(staging / ENGINE)
-    fields = {"built_with": {"onnx": onnx.__version__, "opset": OPSET}}
+    fields["built_with"] = {"onnx": onnx.__version__, "opset": OPSET}
     return Built(ENGINE, [p.name for p in written], "onnxruntime", outputs, fields)

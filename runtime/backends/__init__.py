@@ -1,7 +1,7 @@
 """Backends: what runs an engine's step programs, and the state pools they own on their device.
 
-A backend module (one per engine kind, listed in :data:`BACKENDS`) has ``load(engine_file, manifest) ->
-Backend``; its library (onnxruntime, torch, ...) is imported only there, so the runtime stays light until a
+A backend module (one per engine kind, listed in :data:`BACKENDS`) has ``load(engine_file, manifest,
+threads) -> Backend`` (``threads``: its host threads, None for its default); its library (onnxruntime, torch, ...) is imported only there, so the runtime stays light until a
 backend is chosen. A session asks the backend for a :class:`StatePool` of ``max_batch`` slots, allocated once
 where the backend computes (host memory for ONNX Runtime, GPU memory for cuda engines) and updated in place:
 nothing of the state crosses to the host between calls, only the sampled token ids do.
@@ -87,12 +87,12 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_backend(engine_file: Path, manifest: Manifest) -> Backend:
-    """The backend the manifest names, loaded from ``engine_file``."""
+def load_backend(engine_file: Path, manifest: Manifest, threads: int | None = None) -> Backend:
+    """The backend the manifest names, loaded from ``engine_file``, with ``threads`` host threads."""
     module = BACKENDS.get(manifest.backend)
     if module is None:
         raise JrtcError(
             f"this jrtc runtime cannot run {manifest.backend!r} engines (it runs: {', '.join(BACKENDS)}); "
             "export with --target cpu"
         )
-    return importlib.import_module(module).load(engine_file, manifest)
+    return importlib.import_module(module).load(engine_file, manifest, threads)

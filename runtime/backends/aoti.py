@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jrtc.errors import JrtcError
+from jrtc.errors import JrtcError, check_int
 from jrtc.runtime.backends import first_line
 from jrtc.runtime.backends.torch_pool import TorchStatePool, capture_graphs, smallest_bucket
 
@@ -113,7 +113,9 @@ def _check_device(engine_file: Path, raw: dict[str, Any]) -> str:
     return device
 
 
-def load(engine_file: Path, manifest: Manifest) -> AotiBackend:
+def load(engine_file: Path, manifest: Manifest, threads: int | None = None) -> AotiBackend:
+    """``threads``: torch's intra-op threads, which the package's CPU kernels use (default: torch's own,
+    the physical cores)."""
     try:
         import torch
         from torch._inductor.package import load_package
@@ -130,6 +132,8 @@ def load(engine_file: Path, manifest: Manifest) -> AotiBackend:
             "packages run with the torch release that built them; export the checkpoint again here"
         )
     device = _check_device(engine_file, raw)
+    if threads is not None:
+        torch.set_num_threads(check_int("threads", threads, minimum=1))
     try:
         prefill, decode = (load_package(str(engine_file), name) for name in PROGRAMS)
     except Exception as exc:  # the loader raises RuntimeError with C++ reports for broken archives

@@ -1,18 +1,21 @@
 """The cpu target's backend: ``model.onnx`` on ONNX Runtime's CPU execution provider.
 
 The state pool is numpy arrays in host memory, which is where ONNX Runtime computes; a call feeds views of
-the pool's rows and writes the next state back into them. Tokens are sampled on the host.
+the pool's rows and writes the next state back into them. Tokens are sampled on the host. The engine's
+graph says what it computes: float32 weights, or int8/int4 ones in ``MatMulNBits`` nodes (``jrtc export
+--quantize``), which ONNX Runtime's CPU provider runs as they are.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jrtc.errors import JrtcError
+from jrtc.errors import JrtcError, check_int
 from jrtc.runtime.backends import GraphTensor, first_line
 from jrtc.runtime.sampling import Draw, sample
 
@@ -64,19 +67,41 @@ class OnnxRuntimePool:
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, session: onnxruntime.InferenceSession, manifest: Manifest) -> None:
+    def __init__(self, session: onnxruntime.InferenceSession, manifest: Manifest, threads: int) -> None:
         self._session = session
         self._manifest = manifest
+        self.threads = threads  # ONNX Runtime's intra-op threads
 
     def new_pool(self, max_batch: int) -> OnnxRuntimePool:
         return OnnxRuntimePool(self._session, self._manifest, max_batch)
 
 
-def load(model_path: Path, manifest: Manifest) -> OnnxRuntimeBackend:
+def physical_cores() -> int:
+    """The cores this process may run on, each counted once however many hardware threads it has
+    (Linux's sysfs topology; elsewhere, every CPU)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            return len(cpus)
+    return len(cores)
+
+
+def load(model_path: Path, manifest: Manifest, threads: int | None = None) -> OnnxRuntimeBackend:
+    """``threads``: ONNX Runtime's intra-op threads (default: the physical cores; one runs every op on the
+    calling thread)."""
     import onnxruntime as ort
 
+    threads = physical_cores() if threads is None else check_int("threads", threads, minimum=1)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
     try:
         session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for unreadable or invalid models
@@ -88,7 +113,7 @@ def load(model_path: Path, manifest: Manifest) -> OnnxRuntimeBackend:
         [_graph_tensor(i) for i in session.get_inputs()],
         [_graph_tensor(o) for o in session.get_outputs()],
     )
-    return OnnxRuntimeBackend(session, manifest)
+    return OnnxRuntimeBackend(session, manifest, threads)
 
 
 # ONNX Runtime's type strings for the dtypes an engine's inputs and outputs use.

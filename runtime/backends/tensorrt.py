@@ -220,7 +220,9 @@ def check_built_here(
         )
 
 
-def load(engine_file: Path, manifest: Manifest) -> TensorRTBackend:
+def load(engine_file: Path, manifest: Manifest, threads: int | None = None) -> TensorRTBackend:
+    """``threads`` is accepted for the common interface and unused: the engine computes on the GPU, and the
+    host only enqueues it."""
     raw = manifest.raw
     if not raw.get("built"):
         raise JrtcError(
