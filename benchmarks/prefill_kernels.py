@@ -311,7 +311,14 @@ def fla_rows(log: Log, x: dict[str, Any], reps: int, parallel: bool) -> dict[str
 
 
 def _ws_row(
-    log: Log, x: dict[str, Any], name: str, config: Any, enc_config: Any, enc_len: int, bound: float, reps: int
+    log: Log,
+    x: dict[str, Any],
+    name: str,
+    config: Any,
+    enc_config: Any,
+    enc_len: int,
+    bound: float,
+    reps: int,
 ) -> dict[str, Any]:
     """The same case with the wide-tile kernels (plugins/pla/chunk_ws.py); a failure is recorded, not fatal."""
     row: dict[str, Any] = {"name": f"{name}_ws", "impl": "jrtc triton ws", "config": config.__dict__,

@@ -62,7 +62,11 @@ def summary(path: Path) -> dict[str, object]:
     stalls: list[tuple[float, str]] = []
     with path.open() as f:
         for rec in csv.DictReader(line for line in f if line.startswith('"')):
-            section, name, value = rec.get("Section Name", ""), rec.get("Metric Name", ""), rec.get("Metric Value", "")
+            section, name, value = (
+                rec.get("Section Name", ""),
+                rec.get("Metric Name", ""),
+                rec.get("Metric Value", ""),
+            )
             values[(section, name)] = value
             if name.startswith("Stall ") or "stall" in name.lower():
                 try:
