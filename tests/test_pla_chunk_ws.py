@@ -15,7 +15,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_pla_kernels import BIG, DEVICE, REL_O, REL_STATE, _gen, _mask, _randn, _state, assert_close
+from test_pla_kernels import (
+    BIG,
+    DEVICE,
+    REL_STATE,
+    _gen,
+    _mask,
+    _randn,
+    _state,
+    assert_close,
+    assert_outputs_close,
+    check_causal,
+    check_jrt_prefill,
+)
 
 from jrtc.plugins.pla import chunk_ws, naive
 
@@ -46,26 +58,7 @@ if BIG:
 
 @pytest.mark.parametrize("name", list(CAUSAL_CASES))
 def test_causal_matches_naive(name: str) -> None:
-    batch, length, heads, dv, init, masked, config = CAUSAL_CASES[name]
-    gen = _gen(len(name))
-    q, k = _randn(gen, batch, length, heads, 16), _randn(gen, batch, length, heads, 16)
-    v = _randn(gen, batch, length, heads, dv)
-    if init:
-        kv0, z0 = _state(gen, batch, heads, dv)
-    else:
-        kv0 = torch.zeros(batch, heads, naive.EXPANDED_DIM, dv, device=DEVICE)
-        z0 = torch.zeros(batch, heads, naive.EXPANDED_DIM, device=DEVICE)
-    mask = _mask(gen, batch, length) if masked else None
-    inputs = [x.clone() for x in (q, k, v, kv0, z0)]
-
-    o, kv, z = chunk_ws.pla_causal_with(q, k, v, kv0, z0, mask, config=config)
-    ro, rkv, rz = naive.pla_causal(q, k, v, kv0, z0, mask)
-    assert o.dtype == v.dtype and kv.dtype == torch.float32 and z.dtype == torch.float32
-    assert_close(o, ro, REL_O, "o")
-    assert_close(kv, rkv, REL_STATE, "kv")
-    assert_close(z, rz, REL_STATE, "z")
-    for before, after in zip(inputs, (q, k, v, kv0, z0), strict=True):
-        assert torch.equal(before, after), "an input was modified"
+    check_causal(chunk_ws.pla_causal_with, CAUSAL_CASES[name], seed=len(name))
 
 
 def test_sequence_parallel_is_chosen_for_small_batch() -> None:
@@ -96,28 +89,14 @@ if BIG:
 @pytest.mark.parametrize("name", list(JRT_CASES))
 def test_jrt_prefill_matches_naive(name: str) -> None:
     """Encoder state over the first M tokens added to an initial state, then the causal pass over L."""
-    batch, enc_len, length, heads, dv, masked, enc_config = JRT_CASES[name]
-    gen = _gen(len(name) + 100)
-    q, k = _randn(gen, batch, length, heads, 16), _randn(gen, batch, length, heads, 16)
-    v = _randn(gen, batch, length, heads, dv)
-    k_enc, v_enc = _randn(gen, batch, enc_len, heads, 16), _randn(gen, batch, enc_len, heads, dv)
-    full_mask = _mask(gen, batch, max(enc_len, length)) if masked else None
-    enc_mask = None if full_mask is None else full_mask[:, :enc_len]
-    dec_mask = None if full_mask is None else full_mask[:, :length]
-    kv0, z0 = _state(gen, batch, heads, dv)
+    *case, enc_config = JRT_CASES[name]
 
-    kv_e, z_e = chunk_ws.pla_encode_with(k_enc, v_enc, enc_mask, config=enc_config)
-    rkv_e, rz_e = naive.pla_encode(k_enc, v_enc, enc_mask)
-    assert_close(kv_e, rkv_e, REL_STATE, "encoder kv")
-    assert_close(z_e, rz_e, REL_STATE, "encoder z")
-    if enc_len == 0:
-        assert not kv_e.any() and not z_e.any()
+    def encode(
+        k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return chunk_ws.pla_encode_with(k, v, mask, config=enc_config)
 
-    o, kv, z = chunk_ws.pla_causal(q, k, v, kv0 + kv_e, z0 + z_e, dec_mask)
-    ro, rkv, rz = naive.pla_causal(q, k, v, kv0 + rkv_e, z0 + rz_e, dec_mask)
-    assert_close(o, ro, REL_O, "o")
-    assert_close(kv, rkv, REL_STATE, "kv")
-    assert_close(z, rz, REL_STATE, "z")
+    check_jrt_prefill(encode, chunk_ws.pla_causal, tuple(case), seed=len(name) + 100)
 
 
 @pytest.mark.parametrize("enc_length", [0, 1, 70, 200])
@@ -146,9 +125,7 @@ def test_half_precision_prefill() -> None:
     o, kv, z = chunk_ws.pla_causal(q, k, v, kv0, z0)
     ro, rkv, rz = naive.pla_causal(q, k, v, kv0, z0)
     assert o.dtype == dtype
-    assert_close(o.float(), ro.float(), 5e-3, "o")
-    assert_close(kv, rkv, 5e-3, "kv")
-    assert_close(z, rz, 5e-3, "z")
+    assert_outputs_close((o.float(), kv, z), (ro.float(), rkv, rz), 5e-3, 5e-3)
 
 
 def test_zero_length_and_bad_config() -> None:
@@ -176,9 +153,7 @@ def test_causal_fp32_on_cuda() -> None:
     kv0, z0 = _state(gen, 1, 2, 64)
     o, kv, z = chunk_ws.pla_causal_with(q, k, v, kv0, z0, config=WsConfig(num_segments=1))
     ro, rkv, rz = naive.pla_causal(q, k, v, kv0, z0)
-    assert_close(o, ro, 1e-4, "o")
-    assert_close(kv, rkv, 1e-4, "kv")
-    assert_close(z, rz, 1e-4, "z")
+    assert_outputs_close((o, kv, z), (ro, rkv, rz), 1e-4, 1e-4)
 
 
 @pytest.mark.skipif(BIG, reason="a compile check for machines without a GPU; the GPU run executes the kernel")

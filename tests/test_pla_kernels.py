@@ -9,6 +9,8 @@ the same tests run on the GPU at larger shapes in bf16, the dtype the models run
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ if BIG and not torch.cuda.is_available():
     pytest.skip("JRTC_PLA_TEST_DEVICE=cuda but no CUDA device", allow_module_level=True)
 
 PrefillConfig = chunk.PrefillConfig
+Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # a prefill's o, kv, z
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -62,6 +65,69 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, what:
     assert err <= rel * scale + 1e-30, f"{what}: max error {err:.3e} > {rel:.1e} * {scale:.3e}"
 
 
+def assert_outputs_close(
+    actual: tuple[torch.Tensor, ...], expected: tuple[torch.Tensor, ...], rel_o: float, rel_state: float
+) -> None:
+    """A prefill's ``(o, kv, z)`` against the reference's."""
+    for what, a, e, rel in zip(
+        ("o", "kv", "z"), actual, expected, (rel_o, rel_state, rel_state), strict=True
+    ):
+        assert_close(a, e, rel, what)
+
+
+def check_causal(pla_causal_with: Callable[..., Outputs], case: tuple[Any, ...], seed: int) -> None:
+    """One ``CAUSAL_CASES`` row, ``(B, L, H, dv, initial state, key mask, config)``, of a causal prefill
+    kernel against ``naive``: outputs, their dtypes, and inputs left untouched."""
+    batch, length, heads, dv, init, masked, config = case
+    gen = _gen(seed)
+    q, k = _randn(gen, batch, length, heads, 16), _randn(gen, batch, length, heads, 16)
+    v = _randn(gen, batch, length, heads, dv)
+    if init:
+        kv0, z0 = _state(gen, batch, heads, dv)
+    else:
+        kv0 = torch.zeros(batch, heads, naive.EXPANDED_DIM, dv, device=DEVICE)
+        z0 = torch.zeros(batch, heads, naive.EXPANDED_DIM, device=DEVICE)
+    mask = _mask(gen, batch, length) if masked else None
+    inputs = [x.clone() for x in (q, k, v, kv0, z0)]
+
+    o, kv, z = pla_causal_with(q, k, v, kv0, z0, mask, config=config)
+    assert o.dtype == v.dtype and kv.dtype == torch.float32 and z.dtype == torch.float32
+    assert_outputs_close((o, kv, z), naive.pla_causal(q, k, v, kv0, z0, mask), REL_O, REL_STATE)
+    for before, after in zip(inputs, (q, k, v, kv0, z0), strict=True):
+        assert torch.equal(before, after), "an input was modified"
+
+
+def check_jrt_prefill(
+    pla_encode: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    pla_causal: Callable[..., Outputs],
+    case: tuple[int, int, int, int, int, bool],
+    seed: int,
+) -> None:
+    """The model's prefill, ``case = (B, M, L, H, dv, key mask)``: encoder state over the first M tokens,
+    added to the initial state, then the causal pass over all L tokens; the same key mask covers both (as
+    the reference applies it)."""
+    batch, enc_len, length, heads, dv, masked = case
+    gen = _gen(seed)
+    q, k = _randn(gen, batch, length, heads, 16), _randn(gen, batch, length, heads, 16)
+    v = _randn(gen, batch, length, heads, dv)
+    k_enc, v_enc = _randn(gen, batch, enc_len, heads, 16), _randn(gen, batch, enc_len, heads, dv)
+    full_mask = _mask(gen, batch, max(enc_len, length)) if masked else None
+    enc_mask = None if full_mask is None else full_mask[:, :enc_len]
+    dec_mask = None if full_mask is None else full_mask[:, :length]
+    kv0, z0 = _state(gen, batch, heads, dv)
+
+    kv_e, z_e = pla_encode(k_enc, v_enc, enc_mask)
+    rkv_e, rz_e = naive.pla_encode(k_enc, v_enc, enc_mask)
+    assert_close(kv_e, rkv_e, REL_STATE, "encoder kv")
+    assert_close(z_e, rz_e, REL_STATE, "encoder z")
+    if enc_len == 0:
+        assert not kv_e.any() and not z_e.any()
+
+    outputs = pla_causal(q, k, v, kv0 + kv_e, z0 + z_e, dec_mask)
+    expected = naive.pla_causal(q, k, v, kv0 + rkv_e, z0 + rz_e, dec_mask)
+    assert_outputs_close(outputs, expected, REL_O, REL_STATE)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Causal prefill
 # ---------------------------------------------------------------------------------------------------------
@@ -99,26 +165,7 @@ if BIG:
 
 @pytest.mark.parametrize("name", list(CAUSAL_CASES))
 def test_causal_matches_naive(name: str) -> None:
-    batch, length, heads, dv, init, masked, config = CAUSAL_CASES[name]
-    gen = _gen(len(name))
-    q, k = _randn(gen, batch, length, heads, 16), _randn(gen, batch, length, heads, 16)
-    v = _randn(gen, batch, length, heads, dv)
-    if init:
-        kv0, z0 = _state(gen, batch, heads, dv)
-    else:
-        kv0 = torch.zeros(batch, heads, naive.EXPANDED_DIM, dv, device=DEVICE)
-        z0 = torch.zeros(batch, heads, naive.EXPANDED_DIM, device=DEVICE)
-    mask = _mask(gen, batch, length) if masked else None
-    inputs = [x.clone() for x in (q, k, v, kv0, z0)]
-
-    o, kv, z = chunk.pla_causal_with(q, k, v, kv0, z0, mask, config=config)
-    ro, rkv, rz = naive.pla_causal(q, k, v, kv0, z0, mask)
-    assert o.dtype == v.dtype and kv.dtype == torch.float32 and z.dtype == torch.float32
-    assert_close(o, ro, REL_O, "o")
-    assert_close(kv, rkv, REL_STATE, "kv")
-    assert_close(z, rz, REL_STATE, "z")
-    for before, after in zip(inputs, (q, k, v, kv0, z0), strict=True):
-        assert torch.equal(before, after), "an input was modified"
+    check_causal(chunk.pla_causal_with, CAUSAL_CASES[name], seed=len(name))
 
 
 @pytest.mark.skipif(not BIG, reason="the CPU cases above already run in fp32")
@@ -134,9 +181,7 @@ def test_causal_fp32_on_cuda() -> None:
     mask = _mask(gen, batch, length)
     o, kv, z = chunk.pla_causal_with(q, k, v, kv0, z0, mask, config=PrefillConfig(num_segments=1))
     ro, rkv, rz = naive.pla_causal(q, k, v, kv0, z0, mask)
-    assert_close(o, ro, 1e-4, "o")
-    assert_close(kv, rkv, 1e-4, "kv")
-    assert_close(z, rz, 1e-4, "z")
+    assert_outputs_close((o, kv, z), (ro, rkv, rz), 1e-4, 1e-4)
 
 
 def test_sequence_parallel_is_chosen_for_small_batch() -> None:
@@ -156,9 +201,7 @@ def test_causal_default_config_splits_and_matches() -> None:
     assert chunk._num_segments(1, length, 64, torch.device(DEVICE), min_chunks=4) > 1
     o, kv, z = chunk.pla_causal(q, k, v, kv0, z0)
     ro, rkv, rz = naive.pla_causal(q, k, v, kv0, z0)
-    assert_close(o, ro, REL_O, "o")
-    assert_close(kv, rkv, REL_STATE, "kv")
-    assert_close(z, rz, REL_STATE, "z")
+    assert_outputs_close((o, kv, z), (ro, rkv, rz), REL_O, REL_STATE)
 
 
 def test_causal_zero_length_returns_initial_state() -> None:
@@ -194,30 +237,7 @@ if BIG:
 
 @pytest.mark.parametrize("name", list(JRT_CASES))
 def test_jrt_prefill_matches_naive(name: str) -> None:
-    """The model's prefill: encoder state over the first M tokens, added to the initial state, then the
-    causal pass over all L tokens; the same key mask covers both (as the reference applies it)."""
-    batch, enc_len, length, heads, dv, masked = JRT_CASES[name]
-    gen = _gen(len(name) + 100)
-    q, k = _randn(gen, batch, length, heads, 16), _randn(gen, batch, length, heads, 16)
-    v = _randn(gen, batch, length, heads, dv)
-    k_enc, v_enc = _randn(gen, batch, enc_len, heads, 16), _randn(gen, batch, enc_len, heads, dv)
-    full_mask = _mask(gen, batch, max(enc_len, length)) if masked else None
-    enc_mask = None if full_mask is None else full_mask[:, :enc_len]
-    dec_mask = None if full_mask is None else full_mask[:, :length]
-    kv0, z0 = _state(gen, batch, heads, dv)
-
-    kv_e, z_e = chunk.pla_encode(k_enc, v_enc, enc_mask)
-    rkv_e, rz_e = naive.pla_encode(k_enc, v_enc, enc_mask)
-    assert_close(kv_e, rkv_e, REL_STATE, "encoder kv")
-    assert_close(z_e, rz_e, REL_STATE, "encoder z")
-    if enc_len == 0:
-        assert not kv_e.any() and not z_e.any()
-
-    o, kv, z = chunk.pla_causal(q, k, v, kv0 + kv_e, z0 + z_e, dec_mask)
-    ro, rkv, rz = naive.pla_causal(q, k, v, kv0 + rkv_e, z0 + rz_e, dec_mask)
-    assert_close(o, ro, REL_O, "o")
-    assert_close(kv, rkv, REL_STATE, "kv")
-    assert_close(z, rz, REL_STATE, "z")
+    check_jrt_prefill(chunk.pla_encode, chunk.pla_causal, JRT_CASES[name], seed=len(name) + 100)
 
 
 @pytest.mark.parametrize("enc_length", [0, 1, 24, 70, 200])
@@ -338,9 +358,7 @@ def test_half_precision_prefill_and_decode(dtype: torch.dtype) -> None:
     ro, rkv, rz = naive.pla_causal(q, k, v, kv0, z0)
     assert o.dtype == dtype
     rel = 2e-2 if dtype == torch.bfloat16 else 5e-3
-    assert_close(o.float(), ro.float(), rel, "o")
-    assert_close(kv, rkv, rel, "kv")
-    assert_close(z, rz, rel, "z")
+    assert_outputs_close((o.float(), kv, z), (ro.float(), rkv, rz), rel, rel)
     o1, kv1, z1 = fused_recurrent.pla_decode(q[:, 0], k[:, 0], v[:, 0], kv, z)
     r1 = naive.pla_decode(q[:, 0], k[:, 0], v[:, 0], kv, z)
     assert_close(o1.float(), r1[0].float(), rel, "decode o")
