@@ -11,6 +11,7 @@ from jrtc import __version__
 from jrtc.errors import JrtcError
 from jrtc.export.cli import export_command
 from jrtc.runtime.cli import run_command
+from jrtc.runtime.eval_cli import eval_command
 
 
 class _Group(click.Group):
@@ -48,6 +49,7 @@ def info(checkpoint: str, as_json: bool) -> None:
 
 main.add_command(export_command, "export")
 main.add_command(run_command, "run")
+main.add_command(eval_command, "eval")
 
 
 if __name__ == "__main__":
