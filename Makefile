@@ -25,9 +25,9 @@ demo: setup
 	$(VENV)/bin/jrtc export $(EXAMPLE)/recall-based.pt --target cpu --tokenizer bytes -o $(BASED_ENGINE) --quiet
 	$(VENV)/bin/jrtc run $(ENGINE) --prompt $(EXAMPLE)/context.txt --question "D:" --repeat 1 --max-new-tokens 2 --show-prompt
 	@echo "--- JRT-RNN ($(EXAMPLE)/recall.pt): every key of $(EXAMPLE)/context.txt ---"
-	$(VENV)/bin/jrtc eval $(ENGINE) --task $(EXAMPLE)/demo.jsonl --show-answers --quiet
+	$(VENV)/bin/jrtc eval $(ENGINE) --task $(EXAMPLE)/demo.jsonl --max-new-tokens 1 --show-answers --quiet
 	@echo "--- Based ($(EXAMPLE)/recall-based.pt): the same questions ---"
-	$(VENV)/bin/jrtc eval $(BASED_ENGINE) --task $(EXAMPLE)/demo.jsonl --show-answers --quiet
+	$(VENV)/bin/jrtc eval $(BASED_ENGINE) --task $(EXAMPLE)/demo.jsonl --max-new-tokens 1 --show-answers --quiet
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -62,7 +62,7 @@ def format_table(readings: list[Reading]) -> str:
 
 def format_answers(items: list[Item], readings: list[Reading]) -> str:
     """One line per item: the question, the gold answer, and each reading's answer marked right or wrong."""
-    width = max(len(item.question) for item in items) + 2
+    width = max(len("question"), *(len(item.question) for item in items)) + 2
     header = f"{'question':<{width}}{'gold':<10}" + "".join(
         f"{'read ' + _reading_name(r.repeat):<20}" for r in readings
     )

@@ -96,10 +96,10 @@ def make_batch(
     return ids, mask, targets
 
 
-def first_answer_right(logits: torch.Tensor, targets: torch.Tensor, task: RecallTask) -> torch.Tensor:
+def first_answer_right(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per row: did the model's argmax get every token of the first answer right (teacher-forced)?"""
     first = (targets != IGNORE).int().argmax(1)  # where the first answer's first token is predicted
-    span = first[:, None] + torch.arange(task.answer_budget)
+    span = first[:, None] + torch.arange(2)  # the value's letter and its newline
     picked = logits.argmax(-1).gather(1, span)
     return (picked == targets.gather(1, span)).all(1)
 
@@ -155,7 +155,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        window.append((loss.item(), first_answer_right(logits.detach(), targets, task), twice))
+        window.append((loss.item(), first_answer_right(logits.detach(), targets), twice))
         if step % log_every == 0 or step == steps:
             once = [r for _, r, t in window if not t]
             twice_right = [r for _, r, t in window if t]
