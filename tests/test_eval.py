@@ -245,10 +245,9 @@ def test_demo_answers_are_checked(engines: dict[str, Path], name: str) -> None:
     assert lines[0].split() == ["question", "gold", "read", "once", "read", "twice"]
     for item, line, once, twice in zip(items, lines[1:], expected["once"], expected["twice"], strict=False):
         marks = ["right" if contains(a, item.answers) else "wrong" for a in (once, twice)]
-        assert line.split() == [item.question, item.answers[0], repr(once), marks[0], repr(twice), marks[1]]
-    right = {
-        read: sum(contains(a, i.answers) for a, i in zip(answers, items, strict=True))
-        for read, answers in expected.items()
-    }
-    assert f"once{'':>4}" in text.stdout and f"{right['once']}/{len(items)}" in text.stdout
-    assert f"{right['twice']}/{len(items)}" in text.stdout
+        cells = f"{item.question} {item.answers[0]} {once!r} {marks[0]} {twice!r} {marks[1]}"
+        assert line.split() == cells.split()
+    table = {line.split()[0]: line.split() for line in lines[len(items) + 3 :]}
+    for read, answers in expected.items():
+        right = sum(contains(a, item.answers) for a, item in zip(answers, items, strict=True))
+        assert table[read][2] == f"{right}/{len(items)}"

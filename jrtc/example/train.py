@@ -1,4 +1,4 @@
-"""Train a built-in example on the CPU: ``python -m jrtc.example.train {jrt,based} [--steps N] [--curve FILE]``.
+"""Train a built-in example: ``python -m jrtc.example.train {jrt,based} [--steps N] [--curve FILE] [--device D]``.
 
 Both models learn the recall task of ``recall_task.py`` from the settings in ``settings.json``; they share
 every setting but their linear-attention layers (JRT-RNN: prefix linear attention over an encoder of
@@ -118,7 +118,13 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def train(
-    name: str, settings_file: Path, steps: int | None, out: Path | None, curve: Path | None, quiet: bool
+    name: str,
+    settings_file: Path,
+    steps: int | None,
+    out: Path | None,
+    curve: Path | None,
+    quiet: bool,
+    device: str = "cpu",
 ) -> None:
     settings = load_settings(settings_file)
     config, train_cfg, checkpoint = model_settings(settings, name)
@@ -134,6 +140,7 @@ def train(
     for pname, p in model.named_parameters():
         if p.dim() > 1:
             torch.nn.init.normal_(p, std=0.02 if "embeddings" in pname else 1 / math.sqrt(p.shape[1]))
+    model.to(device)  # initialised on the CPU: the same start on any device
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
     warmup = train_cfg["warmup"]
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -145,8 +152,11 @@ def train(
     start, cpu_start, load_start = time.time(), time.process_time(), os.getloadavg()
     for step in range(1, steps + 1):
         twice = rng.random() < train_cfg["read_twice_fraction"]
-        ids, mask, targets = make_batch(
-            rng, train_task, train_cfg["batch_size"], train_cfg["queries_per_row"], config, twice
+        ids, mask, targets = (
+            t.to(device)
+            for t in make_batch(
+                rng, train_task, train_cfg["batch_size"], train_cfg["queries_per_row"], config, twice
+            )
         )
         logits = model(ids, mask)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=IGNORE)
@@ -184,7 +194,9 @@ def train(
                 "steps": steps,
                 "seconds": round(time.time() - start, 1),
                 "cpu_seconds": round(time.process_time() - cpu_start, 1),
-                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+                + (f", {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""),
+                "device": device,
                 "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
                 "curve": points,
                 "curve_note": "first_answer_*: share of training rows whose first answer the model gets "
@@ -206,8 +218,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="checkpoint to write (default: the shipped one)")
     parser.add_argument("--curve", type=Path, help="write the learning curve and run facts here (JSON)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--device", default="cpu", help="where to train, e.g. cuda (default: cpu)")
     args = parser.parse_args()
-    train(args.model, args.settings, args.steps, args.out, args.curve, args.quiet)
+    train(args.model, args.settings, args.steps, args.out, args.curve, args.quiet, args.device)
 
 
 if __name__ == "__main__":
