@@ -26,9 +26,27 @@ from jrtc.model import JRTModel  # noqa: E402
 PLA, SWA = (1, 6, 11, 16, 21), (2, 7, 12, 17, 22)
 
 
-def jrt_360m() -> JRTConfig:
+def jrt_360m(pad_token_id: int = 220) -> JRTConfig:
+    """JRT-360M's shapes (GPT-2 vocabulary); ``pad_token_id=32`` lets engines ship the byte-level tokenizer."""
     types = tuple("pla" if i in PLA else "swa" if i in SWA else "conv" for i in range(26))
-    return JRTConfig(vocab_size=50257, d_model=1024, n_layer=26, n_head=16, n_inner=2048, layer_types=types)
+    return JRTConfig(
+        vocab_size=50257,
+        d_model=1024,
+        n_layer=26,
+        n_head=16,
+        n_inner=2048,
+        layer_types=types,
+        pad_token_id=pad_token_id,
+    )
+
+
+def random_jrt_360m(pad_token_id: int = 220) -> JRTModel:
+    """Random weights large enough that every layer matters."""
+    torch.manual_seed(0)
+    model = JRTModel(jrt_360m(pad_token_id))
+    for name, p in model.named_parameters():
+        torch.nn.init.normal_(p, std=0.02 if "embeddings" in name else p.shape[-1] ** -0.5)
+    return model
 
 
 def main() -> None:
@@ -40,10 +58,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64)
     args = parser.parse_args()
     log = Log(args.quiet)
-    torch.manual_seed(0)
-    model = JRTModel(jrt_360m())
-    for name, p in model.named_parameters():  # large enough weights that every layer matters
-        torch.nn.init.normal_(p, std=0.02 if "embeddings" in name else p.shape[-1] ** -0.5)
+    model = random_jrt_360m()
     with tempfile.TemporaryDirectory() as tmp:
         jrtc.save_checkpoint(model, Path(tmp) / "m.pt")
         # bf16 as deployed; fp32 for the CPU smoke run (the Triton interpreter's bf16 dots are wrong)

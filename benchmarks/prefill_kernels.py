@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""PLA prefill kernels against SDPA (flash, cuDNN) and fla's Based kernels (issue #4, section 3).
+"""PLA prefill kernels against SDPA (flash, cuDNN) and fla's Based kernels (issue #4, section 3; issue #9).
 
 Shapes: B=16, H=16, feature dim 16, dv=64, bf16. Rows:
   jrt_rnn     JRT-RNN prefill: encoder state over M=16384 tokens (split-K) + causal pass over T=32768
   jrt_prompt  JRT-Prompt on a Based model: causal pass over 2T = 65536 tokens
   based       Based causal linear attention over T = 32768
   ...and the same at B=1 (sequence-parallel path) and at dv=112 (JRT-1.3B).
+Each case is timed with today's kernels (plugins/pla/chunk.py, impl "jrtc triton") and with the wide-tile
+ones (plugins/pla/chunk_ws.py, impl "jrtc triton ws", rows named ``<case>_ws``), in the same run.
 Baselines in the same run: SDPA causal at T with head dim 64 (flash = FA2, cuDNN), fla-core's
 ``fused_chunk_based`` / ``parallel_based`` when importable. Times are medians of CUDA-event timings after
 warm-up; each PLA time is also given as a fraction of the HBM bound of reference/kernels-perf.md section 5
@@ -13,7 +15,7 @@ warm-up; each PLA time is also given as a fraction of the HBM bound of reference
 measured in the same run. Every PLA row is checked against an fp32 chunked reference on the first
 sequence of the batch (naive's math, chunked so it fits at 32k-65k tokens).
 
-Usage: python benchmarks/prefill_kernels.py [--quiet] [--out DIR] [--quick] [--sweep]
+Usage: python benchmarks/prefill_kernels.py [--quiet] [--out DIR] [--quick] [--sweep | --sweep-ws]
 Writes benchmarks/results/prefill_kernels-<gpu>.json (or DIR/...).
 """
 
@@ -38,7 +40,7 @@ from _bench_common import (  # noqa: E402
 )
 
 repo_on_path()
-from jrtc.plugins.pla import chunk, naive  # noqa: E402
+from jrtc.plugins.pla import chunk, chunk_ws, naive  # noqa: E402
 
 F = naive.FEATURE_DIM
 D = naive.EXPANDED_DIM
@@ -110,17 +112,20 @@ def zero_state(x: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def pla_prefill(x: dict[str, Any], config: chunk.PrefillConfig, enc_config: chunk.PrefillConfig):
-    """The model's prefill for one layer: encoder state (if any), then the causal pass from it."""
+def pla_prefill(
+    x: dict[str, Any], config: chunk.PrefillConfig, enc_config: chunk.PrefillConfig, kernels: Any = chunk
+):
+    """The model's prefill for one layer: encoder state (if any), then the causal pass from it.
+    ``kernels`` is the module (chunk or chunk_ws) and the configs are its own."""
     q, k, v = x["q"], x["k"], x["v"]
     batch, _, heads, _ = q.shape
     dv = v.shape[-1]
     if "k_enc" in x:
-        kv0, z0 = chunk.pla_encode_with(x["k_enc"], x["v_enc"], config=enc_config)
+        kv0, z0 = kernels.pla_encode_with(x["k_enc"], x["v_enc"], config=enc_config)
     else:
         kv0 = torch.zeros(batch, heads, D, dv, device=DEVICE)
         z0 = torch.zeros(batch, heads, D, device=DEVICE)
-    return chunk.pla_causal_with(q, k, v, kv0, z0, config=config)
+    return kernels.pla_causal_with(q, k, v, kv0, z0, config=config)
 
 
 def check(x: dict[str, Any], out: tuple[torch.Tensor, ...]) -> dict[str, float]:
@@ -159,6 +164,10 @@ CAUSAL_SWEEP = [
     (16, 64, 4, 2, 168, 1),
     (16, 64, 4, 2, None, 2),
 ]
+
+
+# (chunk, block_v, num_warps, num_stages) of the wide-tile kernels tried at B=16, H=16, dv=64
+WS_SWEEP = [(64, 64, 4, 3), (64, 64, 4, 2), (64, 64, 8, 3), (64, 32, 4, 3)]
 
 
 def _timed(log: Log, what: str, fn: Any) -> float | None:
@@ -217,11 +226,41 @@ def sweep(log: Log, scale: int) -> dict[str, Any]:
         rows.append({"kernel": "encoder", "config": cfg.__dict__, "ms": ms})
         if ms is not None and (best_enc is None or ms < best_enc[0]):
             best_enc = (ms, cfg)
+
     return {
         "rows": rows,
         "causal": causal_best.__dict__,
         "encoder": (best_enc[1] if best_enc else chunk.ENCODER_CONFIG).__dict__,
     }
+
+
+def sweep_ws(log: Log, scale: int) -> dict[str, Any]:
+    """Time launch configurations of the wide-tile kernels (plugins/pla/chunk_ws.py); returns the best."""
+    t = max(8192 // scale, 64)
+    x = make_inputs(16, 16, t, 0, 64)
+    kv0, z0 = zero_state(x)
+    xe = make_inputs(16, 16, 16, max(16384 // scale, 64), 64)
+    rows: list[dict[str, Any]] = []
+    best_ws = None
+    for c, bv, nw, ns in WS_SWEEP:
+        cfg = chunk_ws.WsConfig(chunk=c, block_v=bv, num_warps=nw, num_stages=ns, num_segments=1)
+        ms = _timed(
+            log,
+            f"ws causal B=16 T={t} chunk={c} block_v={bv} warps={nw} stages={ns}",
+            lambda cfg=cfg: chunk_ws.pla_causal_with(x["q"], x["k"], x["v"], kv0, z0, config=cfg),
+        )
+        rows.append({"kernel": "ws_causal", "B": 16, "T": t, "config": cfg.__dict__, "ms": ms})
+        if ms is not None and (best_ws is None or ms < best_ws[0]):
+            best_ws = (ms, cfg)
+    ws_best = best_ws[1] if best_ws else chunk_ws.CAUSAL_CONFIG
+    cfg = chunk_ws.WsConfig(**{**ws_best.__dict__, "num_segments": None})
+    ms = _timed(
+        log,
+        f"ws encoder M={xe['k_enc'].shape[1]} {cfg}",
+        lambda: chunk_ws.pla_encode_with(xe["k_enc"], xe["v_enc"], config=cfg),
+    )
+    rows.append({"kernel": "ws_encoder", "config": cfg.__dict__, "ms": ms})
+    return {"rows": rows, "ws_causal": ws_best.__dict__}
 
 
 def sdpa_rows(log: Log, batch: int, heads: int, length: int, reps: int) -> dict[str, float]:
@@ -271,6 +310,28 @@ def fla_rows(log: Log, x: dict[str, Any], reps: int, parallel: bool) -> dict[str
     return out
 
 
+def _ws_row(
+    log: Log, x: dict[str, Any], name: str, config: Any, enc_config: Any, enc_len: int, bound: float, reps: int
+) -> dict[str, Any]:
+    """The same case with the wide-tile kernels (plugins/pla/chunk_ws.py); a failure is recorded, not fatal."""
+    row: dict[str, Any] = {"name": f"{name}_ws", "impl": "jrtc triton ws", "config": config.__dict__,
+                           "encoder_config": enc_config.__dict__ if enc_len else None}  # fmt: skip
+    try:
+        ms = cuda_time_ms(lambda: pla_prefill(x, config, enc_config, chunk_ws), reps=reps)
+    except Exception as exc:  # noqa: BLE001 - a kernel that fails to compile or launch is reported, not fatal
+        log(f"  jrtc ws: FAILED {type(exc).__name__}: {str(exc)[:300]}")
+        ms = None
+    row["ms"] = ms
+    if ms is None:
+        return row
+    out = pla_prefill(x, config, enc_config, chunk_ws)
+    errors = check(x, out)
+    row.update({"pct_of_hbm_bound": 100 * bound / ms, **errors})
+    log(f"  jrtc ws: {ms:.3f} ms = {row['pct_of_hbm_bound']:.1f}% of HBM bound; max |err| o "
+        f"{errors['max_abs_err_o']:.2e} (rel {errors['rel_err_o']:.1e}), kv rel {errors['rel_err_kv']:.1e}")  # fmt: skip
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quiet", action="store_true", help="no progress output")
@@ -279,6 +340,9 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1, help="divide all sequence lengths by this")
     ap.add_argument(
         "--sweep", action="store_true", help="time launch configurations first; the rows use the best"
+    )
+    ap.add_argument(
+        "--sweep-ws", action="store_true", help="time launch configurations of the wide-tile kernels only"
     )
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--cases", default="all", help="comma-separated case names (default all)")
@@ -298,6 +362,7 @@ def main() -> None:
     # configurations are timed first and the rows use the best (each row records its config), which is
     # how the library defaults were chosen.
     config, enc_config = chunk.CAUSAL_CONFIG, chunk.ENCODER_CONFIG
+    ws_config, ws_enc_config = chunk_ws.CAUSAL_CONFIG, chunk_ws.ENCODER_CONFIG
     sweep_info = None
     if args.sweep:
         log("sweep:")
@@ -305,6 +370,13 @@ def main() -> None:
         config = chunk.PrefillConfig(**sweep_info["causal"])
         enc_config = chunk.PrefillConfig(**sweep_info["encoder"])
         log(f"rows use causal {config} (B=1: segments by the heuristic), encoder {enc_config}")
+    if args.sweep or args.sweep_ws:
+        log("sweep of the wide-tile kernels:")
+        ws_sweep = sweep_ws(log, scale)
+        sweep_info = {**(sweep_info or {}), "ws": ws_sweep}
+        ws_config = chunk_ws.WsConfig(**{**ws_sweep["ws_causal"], "num_segments": None})
+        ws_enc_config = ws_config
+        log(f"ws rows use {ws_config}")
     payload: dict[str, Any] = {
         "benchmark": "prefill_kernels",
         "env": env,
@@ -352,6 +424,9 @@ def main() -> None:
         }
         log(f"  jrtc: {ms:.3f} ms = {row['pct_of_hbm_bound']:.1f}% of HBM bound ({bound:.3f} ms); "
             f"max |err| o {errors['max_abs_err_o']:.2e} (rel {errors['rel_err_o']:.1e}), kv rel {errors['rel_err_kv']:.1e}")  # fmt: skip
+        ws_cfg = ws_config if batch > 1 else chunk_ws.WsConfig(**{**ws_config.__dict__, "num_segments": None})
+        ws_row = _ws_row(log, x, name, ws_cfg, ws_enc_config, enc_len, bound, args.reps)
+        ws_row.update({k: row[k] for k in ("B", "H", "T", "M", "dv", "hbm_bytes", "hbm_bound_ms")})
 
         # Baselines at the token count of the comparison (the paper compares JRT-Prompt with FA2 on T).
         t_attn = length if name != "jrt_prompt" else length // 2
@@ -368,9 +443,12 @@ def main() -> None:
                     row[f"max_abs_diff_vs_{n[:-7]}"] = (fo.float() - out[0][:1].float()).abs().max().item()
         fa2 = baselines.get(key, {}).get("sdpa_flash")
         fla_ms = baselines[fla_key].get("fla_fused_chunk_based")
-        row["x_fa2"] = fa2 / ms if fa2 else None
-        row["x_fla_fused_chunk"] = fla_ms / ms if fla_ms else None
-        rows.append(row)
+        for r in (row, ws_row):
+            if r.get("ms"):
+                r["x_fa2"] = fa2 / r["ms"] if fa2 else None
+                r["x_fla_fused_chunk"] = fla_ms / r["ms"] if fla_ms else None
+                r["x_jrtc_chunk"] = ms / r["ms"]
+        rows += [row, ws_row]
         payload["rows"] = rows
         del x, out
         if DEVICE == "cuda":
@@ -388,6 +466,9 @@ def main() -> None:
     if not args.quiet:
         print(f"\n{'case':16s} {'ms':>8s} {'%HBM':>6s} {'xFA2':>6s} {'xfla':>6s} {'rel err o':>9s}")
         for r in rows:
+            if not r.get("ms"):
+                print(f"{r['name']:16s} FAILED")
+                continue
             xf = f"{r['x_fa2']:.1f}" if r["x_fa2"] else "-"
             xl = f"{r['x_fla_fused_chunk']:.1f}" if r["x_fla_fused_chunk"] else "-"
             print(

@@ -60,13 +60,18 @@ def pla_encode(
     k_enc: FLOAT,
     v_enc: FLOAT,
     key_mask: BOOL,
+    enc_length: int,
     plugin_namespace: str = "jrtc",
     plugin_version: str = "1",
     aot: int = 1,
 ) -> tuple[FLOAT, FLOAT]:
-    """Encoder state of the prefix: k_enc ``[B, M, H, 16]``, v_enc ``[B, M, H, dv]``, key_mask ``[B, M]``
-    -> kv ``[B, H, 153, dv]``, z ``[B, H, 153]`` (naive.pla_encode)."""
-    features = op.Transpose(_masked_key_features(k_enc, key_mask), perm=[0, 2, 3, 1])  # [B, H, 153, M]
+    """Encoder state of the first ``enc_length`` of L tokens: k_enc ``[B, L, H, 16]``, v_enc ``[B, L, H, dv]``,
+    key_mask ``[B, L]`` -> kv ``[B, H, 153, dv]``, z ``[B, H, 153]`` (naive.pla_encode)."""
+    length = op.Shape(k_enc, start=1, end=2)
+    positions = op.Range(op.Constant(value_ints=[0]), length, op.Constant(value_ints=[1]))
+    inside = op.Cast(op.Less(positions, op.Constant(value_int=enc_length)), to=FLOAT.dtype)  # [L]
+    weighted = _masked_key_features(k_enc, key_mask) * op.Unsqueeze(inside, op.Constant(value_ints=[1, 2]))
+    features = op.Transpose(weighted, perm=[0, 2, 3, 1])  # [B, H, 153, L]
     kv = op.MatMul(features, op.Transpose(v_enc, perm=[0, 2, 1, 3]))
     z = op.ReduceSum(features, op.Constant(value_ints=[3]), keepdims=0)
     return kv, z

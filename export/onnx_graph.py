@@ -10,19 +10,18 @@ standard-op bodies (``onnx_functions``) are attached afterwards.
 from __future__ import annotations
 
 import contextlib
-import logging
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
 import torch
-from torch import nn
 
 from jrtc.errors import JrtcError
-from jrtc.export import onnx_functions
+from jrtc.export import muted, onnx_functions
 from jrtc.export.onnx_functions import DOMAIN, OPSET
+from jrtc.export.step_graph import StepGraph, io_names
 from jrtc.layers import BaseConv, PrefixLinearAttention, SlidingWindowAttention
 from jrtc.model import JRTModel
 from jrtc.plugins.pla.naive import EXPANDED_DIM
@@ -36,7 +35,7 @@ def _node(
     op_type: str,
     inputs: list[torch.Tensor | None],
     outputs: list[tuple[torch.dtype, tuple[int | torch.SymInt, ...]]],
-    **attrs: float,
+    **attrs: float | int,
 ) -> tuple[torch.Tensor, ...]:
     """One ``jrtc`` node with the plugin attributes; ``outputs`` gives each output's dtype and shape."""
     node_outputs = torch.onnx.ops.symbolic_multi_out(
@@ -58,7 +57,7 @@ class GraphOps:
 
     @staticmethod
     def pla_encode(
-        k_enc: torch.Tensor, v_enc: torch.Tensor, key_mask: torch.Tensor | None
+        k_enc: torch.Tensor, v_enc: torch.Tensor, key_mask: torch.Tensor | None, enc_length: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, _, heads, _ = k_enc.shape
         return _node(
@@ -68,6 +67,7 @@ class GraphOps:
                 (torch.float32, (batch, heads, EXPANDED_DIM, v_enc.shape[3])),
                 (torch.float32, (batch, heads, EXPANDED_DIM)),
             ],
+            enc_length=enc_length,
         )
 
     @staticmethod
@@ -86,7 +86,7 @@ class GraphOps:
         )
 
     @staticmethod
-    def window_attention(
+    def sliding_window_attention(
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
@@ -115,14 +115,19 @@ class GraphOps:
 
 
 @contextlib.contextmanager
-def _graph_cores(model: JRTModel) -> Iterator[None]:
-    """Route every mixer's core through :class:`GraphOps` for the duration of the trace."""
-    hooks = {PrefixLinearAttention: "ops", SlidingWindowAttention: "window_attention", BaseConv: "short_conv"}
+def graph_cores(model: JRTModel, ops: Any = GraphOps) -> Iterator[None]:
+    """Route every mixer's core through ``ops`` (:class:`GraphOps`, or another class or object with the same
+    methods) for the duration of the trace."""
+    hooks = {
+        PrefixLinearAttention: "ops",
+        SlidingWindowAttention: "sliding_window_attention",
+        BaseConv: "short_conv",
+    }
     saved = []
     for block in model.transformer.layers:
         name = hooks[type(block.mixer)]
         saved.append((block.mixer, name, getattr(block.mixer, name)))
-        setattr(block.mixer, name, GraphOps if name == "ops" else getattr(GraphOps, name))
+        setattr(block.mixer, name, ops if name == "ops" else getattr(ops, name))
     try:
         yield
     finally:
@@ -130,59 +135,19 @@ def _graph_cores(model: JRTModel) -> Iterator[None]:
             setattr(mixer, name, core)
 
 
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Mute the exporter's warnings and log lines (deprecations, missing torchvision): not the user's business."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-class StepGraph(nn.Module):
-    """The traced function: the contract's graph inputs in, logits and the next state out."""
-
-    def __init__(self, model: JRTModel) -> None:
-        super().__init__()
-        self.model = model
-        self.state_names = [name for name in model.state_spec() if name != "pos"]
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        start_pos: torch.Tensor,
-        num_pad: torch.Tensor,
-        state: list[torch.Tensor],
-    ) -> tuple[torch.Tensor, ...]:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        key_mask = positions[None, :] >= num_pad[:, None]  # True = real token; the first num_pad are pads
-        logits, next_state = self.model.forward_step(
-            input_ids,
-            {"pos": start_pos, **dict(zip(self.state_names, state, strict=True))},
-            key_mask,
-            last_only=True,
-        )
-        return (logits, *(next_state[name] for name in self.state_names))
-
-
-def io_names(model: JRTModel) -> tuple[list[str], list[str]]:
-    """Graph input and output names, in order (docs/interfaces.md)."""
-    names = [name for name in model.state_spec() if name != "pos"]
-    return (
-        ["input_ids", "start_pos", "num_pad", *(f"state.{n}" for n in names)],
-        ["logits", *(f"next.{n}" for n in names)],
-    )
-
-
 def trace_step_graph(model: JRTModel) -> ir.Model:
     """The step graph with its ``jrtc`` functions attached, as an in-memory ONNX IR model."""
     if model.lm_head.weight.dtype != torch.float32:
         raise JrtcError("the cpu target exports fp32 models; load the checkpoint with dtype=torch.float32")
+    onnx_model = export_step(model, GraphOps)
+    for function in onnx_functions.FUNCTIONS:
+        ir_function = ir.serde.deserialize_function(function.to_function_proto())
+        onnx_model.functions[ir_function.identifier()] = ir_function
+    return onnx_model
+
+
+def export_step(model: JRTModel, ops: Any) -> ir.Model:
+    """``torch.onnx.export`` of the step function, with the mixer cores routed through ``ops``."""
     graph = StepGraph(model).eval()
     # Example sizes that no weight shape shares, so the exporter cannot mistake B or L for a constant.
     batch, length = 2, 3
@@ -201,7 +166,7 @@ def trace_step_graph(model: JRTModel) -> ir.Model:
         "state": [{0: b} for _ in state],
     }
     input_names, output_names = io_names(model)
-    with _graph_cores(model), torch.no_grad(), _quiet_exporter():
+    with graph_cores(model, ops), torch.no_grad(), muted("torch.onnx"):
         program = torch.onnx.export(
             graph,
             args,
@@ -213,9 +178,6 @@ def trace_step_graph(model: JRTModel) -> ir.Model:
             verbose=False,
         )
     onnx_model = program.model
-    for function in onnx_functions.FUNCTIONS:
-        ir_function = ir.serde.deserialize_function(function.to_function_proto())
-        onnx_model.functions[ir_function.identifier()] = ir_function
     onnx_model.opset_imports[DOMAIN] = 1
     return onnx_model
 

@@ -47,7 +47,11 @@ def load_checkpoint(
     with torch.device("meta"):
         model = JRTModel(config)
     _check_keys(path, model, state_dict)
-    state_dict.setdefault(TIED_HEAD, state_dict["transformer.embeddings.word_embeddings.weight"])
+    _check_values(path, state_dict)
+    embedding = state_dict["transformer.embeddings.word_embeddings.weight"]
+    # The authors' model ties the head to the embedding; a head that differs would be dropped silently.
+    if not torch.equal(state_dict.setdefault(TIED_HEAD, embedding), embedding):
+        raise JrtcError(f"{path}: {TIED_HEAD} differs from the word embeddings, but the model ties them")
     model.load_state_dict(state_dict, assign=True)
     model.lm_head.weight = model.transformer.embeddings.word_embeddings.weight  # assign=True unties them
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -107,7 +111,9 @@ def _read_hf_dir(path: Path) -> tuple[JRTConfig, dict[str, torch.Tensor]]:
     weights = next((path / n for n in HF_WEIGHT_FILES if (path / n).is_file()), None)
     if weights is None:
         raise JrtcError(f"{path} has no weights: expected {' or '.join(HF_WEIGHT_FILES)}")
-    return JRTConfig.from_hf_dict(hf_config), _read_weights(weights)
+    # A parameter takes at least a byte, so the file's size bounds the model before anything is read.
+    config = JRTConfig.from_hf_dict(hf_config, max_parameters=weights.stat().st_size)
+    return config, _read_weights(weights)
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -121,8 +127,14 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     state_dict = _torch_load(path)
     if isinstance(state_dict, dict) and "state_dict" in state_dict:  # a Lightning checkpoint
         state_dict = state_dict["state_dict"]
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise JrtcError(f"{path} does not hold a state dict of tensors")
+    return _tensor_dict(path, state_dict)
+
+
+def _tensor_dict(path: Path, state_dict: Any) -> dict[str, torch.Tensor]:
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
+    ):
+        raise JrtcError(f"{path} does not hold a state dict of named tensors")
     return state_dict
 
 
@@ -131,6 +143,8 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if reason.startswith("Weights only load failed"):  # torch's advice to load unsafely is not ours
+            reason = "it holds something other than tensors and plain data"
         raise JrtcError(
             f"cannot read {path}: not a PyTorch checkpoint or unsafe to load ({reason[:200]})"
         ) from None
@@ -144,11 +158,22 @@ def _read_jrtc_file(path: Path) -> tuple[JRTConfig, dict[str, torch.Tensor]]:
         raise JrtcError(
             f"{path} is not a jrtc checkpoint (no '{JRTC_FORMAT}' header); for HF checkpoints pass the directory"
         )
-    if payload.get("version", 0) > JRTC_FORMAT_VERSION:
+    version = payload.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise JrtcError(f"{path} has no valid jrtc checkpoint version (got {version!r})")
+    if version > JRTC_FORMAT_VERSION:
         raise JrtcError(
-            f"{path} is jrtc checkpoint version {payload['version']}; this jrtc reads up to {JRTC_FORMAT_VERSION}: upgrade jrtc"
+            f"{path} is jrtc checkpoint version {version}; this jrtc reads up to {JRTC_FORMAT_VERSION}: upgrade jrtc"
         )
-    return JRTConfig.from_dict(payload["config"]), payload["state_dict"]
+    for field in ("config", "state_dict"):
+        if field not in payload:
+            raise JrtcError(f"{path} is a jrtc checkpoint without its {field!r}: the file is damaged")
+    config = JRTConfig.from_dict(payload["config"])
+    if config.num_parameters > path.stat().st_size:  # checked before the model is built from it
+        raise JrtcError(
+            f"{path}: its config describes {config.num_parameters:.3g} parameters, more than the file holds"
+        )
+    return config, _tensor_dict(path, payload["state_dict"])
 
 
 def _check_layer_types(path: Path, config: JRTConfig, state_dict: dict[str, torch.Tensor]) -> None:
@@ -189,6 +214,17 @@ def _check_keys(path: Path, model: JRTModel, state_dict: dict[str, torch.Tensor]
         if key in state_dict and tuple(state_dict[key].shape) != shape:
             found = tuple(state_dict[key].shape)
             raise JrtcError(f"{path}: {key} has shape {list(found)}, expected {list(shape)} from the config")
+
+
+def _check_values(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Weights must be finite floats: integer tensors would be cast silently, NaN would generate NUL bytes."""
+    for key, value in state_dict.items():
+        if not value.is_floating_point():
+            raise JrtcError(
+                f"{path}: {key} holds {str(value.dtype).removeprefix('torch.')} values; weights must be floating point"
+            )
+        if not torch.isfinite(value).all():
+            raise JrtcError(f"{path}: {key} holds NaN or infinite values")
 
 
 def _some(keys: list[str], limit: int = 5) -> str:

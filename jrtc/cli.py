@@ -1,26 +1,69 @@
-"""The ``jrtc`` command line. A ``JrtcError`` anywhere becomes one line on stderr and exit status 1."""
+"""The ``jrtc`` command line. A ``JrtcError`` anywhere becomes one line on stderr and exit status 1;
+click's usage errors (an unknown option, a bad value) keep click's status 2."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from jrtc import __version__
 from jrtc.errors import JrtcError
-from jrtc.export.cli import export_command
+from jrtc.export.cli import build_command, export_command
 from jrtc.runtime.cli import run_command
 from jrtc.runtime.eval_cli import eval_command
+from jrtc.runtime.serve.cli import serve_command
 
 
 class _Group(click.Group):
+    """Runs a command so that every error the user can fix is one line on stderr and exit status 1.
+
+    That is a ``JrtcError`` from any command, and a standard output that is closed (``>&-``) or cannot
+    take the output (``> /dev/full``). click's own usage errors keep their status 2.
+    """
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if sys.stdout is None:  # Python's stdout is None when the process starts with descriptor 1 closed
+            _fail("standard output is closed; redirect it to a file or /dev/null")
+        try:
+            try:
+                return super().main(*args, **kwargs)
+            finally:
+                sys.stdout.flush()  # output still buffered fails here, before the interpreter's own flush
+        except OSError as exc:
+            # Commands turn their own file errors into JrtcError, so these can only come from the output.
+            if exc.errno not in _WRITE_ERRORS and not _stdout_broken():
+                raise
+            # Send what is still buffered to /dev/null, so that exiting does not print the error again.
+            with contextlib.suppress(OSError, ValueError):  # a stdout without a descriptor has no exit flush
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _fail(f"cannot write to standard output: {exc.strerror or exc}")
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except JrtcError as e:
-            click.echo(f"jrtc: error: {e}", err=True)
-            sys.exit(1)
+            _fail(str(e))
+
+
+_WRITE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def _stdout_broken() -> bool:
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    return False
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"jrtc: error: {message}", err=True)
+    sys.exit(1)
 
 
 @click.group(cls=_Group)
@@ -50,6 +93,8 @@ def info(checkpoint: str, as_json: bool) -> None:
 main.add_command(export_command, "export")
 main.add_command(run_command, "run")
 main.add_command(eval_command, "eval")
+main.add_command(serve_command, "serve")
+main.add_command(build_command, "build")
 
 
 if __name__ == "__main__":

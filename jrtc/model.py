@@ -145,7 +145,8 @@ class JRTModel(nn.Module):
         return logits
 
     def use_kernels(self) -> None:
-        """Run the PLA layers through the Triton kernels (CUDA, or the CPU under TRITON_INTERPRET=1)."""
+        """Run the PLA and sliding-window layers through the Triton kernels (CUDA, or the CPU under
+        TRITON_INTERPRET=1)."""
         import os
 
         if self.lm_head.weight.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -154,11 +155,14 @@ class JRTModel(nn.Module):
             )
         try:
             from jrtc.plugins.pla import ops
+            from jrtc.plugins.swa import ops as swa_ops
         except ImportError as e:
             raise JrtcError(f"the Triton kernels are not available ({e}); pip install 'jrtc[gpu]'") from None
         for block in self.transformer.layers:
             if isinstance(block.mixer, PrefixLinearAttention):
                 block.mixer.ops = ops
+            elif isinstance(block.mixer, SlidingWindowAttention):
+                block.mixer.sliding_window_attention = swa_ops.sliding_window_attention
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied head is counted once

@@ -14,15 +14,25 @@ from jrtc.runtime.prompt import PAD_MODES, build_prompt
 from jrtc.runtime.sampling import SamplingParams
 from jrtc.runtime.session import Stats
 
+MAX_PROMPT_BYTES = 64 << 20
+
 
 def read_prompt_file(path: Path) -> str:
-    """The prompt file's text; missing, empty or binary files are a :class:`JrtcError`."""
+    """The prompt file's text (``-``: standard input); missing, empty or binary files are a :class:`JrtcError`."""
     try:
-        data = path.read_bytes()
+        if str(path) == "-":
+            if sys.stdin is None:
+                raise JrtcError("--prompt - reads standard input, which is closed")
+            data = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
+        else:
+            with path.open("rb") as f:
+                data = f.read(MAX_PROMPT_BYTES + 1)
     except FileNotFoundError:
         raise JrtcError(f"prompt file not found: {path}") from None
     except OSError as exc:
         raise JrtcError(f"cannot read prompt file {path}: {exc.strerror}") from None
+    if len(data) > MAX_PROMPT_BYTES:  # /dev/zero, or a file that would take days to prefill
+        raise JrtcError(f"prompt file {path} is larger than {MAX_PROMPT_BYTES >> 20} MiB")
     if b"\0" in data:
         raise JrtcError(f"prompt file {path} is binary, not text")
     try:
@@ -49,8 +59,8 @@ def _stats_line(stats: Stats) -> str:
     "--prompt",
     "prompt_file",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Text file: the prompt, or with --question the context.",
+    type=click.Path(path_type=Path, allow_dash=True),
+    help="Text file ('-': standard input): the prompt, or with --question the context.",
 )
 @click.option("--question", help="Ask this about the prompt file's text, as a JRT-Prompt.")
 @click.option(

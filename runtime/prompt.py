@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jrtc.errors import JrtcError
+from jrtc.errors import JrtcError, check_int
+from jrtc.runtime.sampling import check_text
 
 PAD_MODES = ("left", "read2x")
 
@@ -46,15 +47,15 @@ def build_prompt(
     """
     if pad not in PAD_MODES:
         raise JrtcError(f"unknown pad mode {pad!r} (choose from {', '.join(PAD_MODES)})")
+    check_text("the prompt" if question is None else "the context", context)
     if question is None:
         if repeat not in (None, 1):
             raise JrtcError("--repeat needs a question: without one the prompt file is used as is")
         text = context
         fill = context.strip() + "\n"
     else:
-        copies = 2 if repeat is None else repeat
-        if copies < 1:
-            raise JrtcError(f"repeat must be >= 1, got {copies}")
+        check_text("the question", question)
+        copies = 2 if repeat is None else check_int("repeat", repeat, minimum=1)
         question = question.strip()
         sentence = _sentence(context)
         if copies == 1:

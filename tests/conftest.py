@@ -6,3 +6,7 @@ import os
 
 if os.environ.get("JRTC_PLA_TEST_DEVICE", "cpu") == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"
+
+# AOTInductor packages check every call's input shapes, strides and dtypes against what they were compiled
+# for (a strided state view once ran silently wrong without it).
+os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = "1"

@@ -1,19 +1,53 @@
 """Random checkpoints in the original Hugging Face layout, built from the documented key list
-(reference/jrt-model.md §3.3), not from jrtc's own module tree, so loading them tests the key names too."""
+(reference/jrt-model.md §3.3), not from jrtc's own module tree, so loading them tests the key names too.
+
+The config is written as the authors' training configs give it (train/configs/experiment/baselines/
+jrt-360m-30b.yaml in HazyResearch/prefix-linear-attention): the block of settings that their code would
+otherwise default differently (GPT2Config and the mixers' defaults) is there in full."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
+
+from jrtc.errors import JrtcError
 
 TARGETS = {
     "conv": "based.models.mixers.convolution.BaseConv",
     "pla": "based.models.mixers.prefix_linear_attention.PrefixLinearAttention",
     "la": "based.models.mixers.linear_attention.LinearAttention",
     "swa": "based.models.mixers.slide_attention.SlidingAttention",
+}
+
+
+# The "other" settings of the authors' JRT and Based configs, verbatim.
+AUTHORS_SETTINGS = {
+    "special_initializer": True,
+    "rms_norm": True,
+    "fused_mlp": False,
+    "attn_pdrop": 0,
+    "embd_pdrop": 0,
+    "n_positions": 2048,
+    "resid_pdrop": 0,
+    "mlp_fc1_bias": False,
+    "mlp_fc2_bias": False,
+    "fused_bias_fc": True,
+    "out_proj_bias": False,
+    "qkv_proj_bias": False,
+    "use_flash_attn": True,
+    "residual_in_fp32": True,
+    "activation_function": "swiglu",
+    "rotary_emb_fraction": 1,
+    "fused_dropout_add_ln": True,
+    "max_position_embeddings": 0,
+    "pad_vocab_size_multiple": 8,
+    "reorder_and_upcast_attn": False,
+    "scale_attn_by_inverse_layer_idx": False,
 }
 
 
@@ -28,15 +62,13 @@ def hf_config(
 ) -> dict[str, Any]:
     alt = next((t for t in layer_types if t in ("pla", "la")), "pla")
     return {
+        **AUTHORS_SETTINGS,
         "n_embd": d_model,
         "n_layer": len(layer_types),
         "n_head": heads,
         "n_inner": n_inner,
         "vocab_size": vocab_size,
-        "pad_vocab_size_multiple": 8,
         "layer_norm_epsilon": 1e-5,
-        "rotary_emb_fraction": 1,
-        "max_position_embeddings": 0,
         "alt_mixer_layers": [i for i, t in enumerate(layer_types) if t in ("pla", "la")],
         "alt_mixer_2_layers": [i for i, t in enumerate(layer_types) if t == "swa"],
         "mixer": {
@@ -137,3 +169,25 @@ def write_hf_checkpoint(
     else:
         torch.save(weights, directory / "pytorch_model.bin")
     return directory
+
+
+def one_line_error(call: Callable[[], object], *fragments: str) -> str:
+    """The message of the ``JrtcError`` that ``call`` raises: one line, holding every fragment."""
+    with pytest.raises(JrtcError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def export_with_cli(checkpoint: Path, out: Path, options: list[str]) -> None:
+    """``jrtc export CHECKPOINT -o OUT --tokenizer bytes OPTIONS``, as a user would run it; must succeed."""
+    from click.testing import CliRunner
+
+    from jrtc.cli import main
+
+    args = ["export", str(checkpoint), "-o", str(out), "--tokenizer", "bytes", "--quiet", *options]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output

@@ -271,11 +271,9 @@ def test_runtime_loads_the_engine(engines) -> None:
     engine = Engine.load(directory)
     assert engine.manifest.enc_length == ENC
     ids = np.random.default_rng(0).integers(0, 256, (1, ENC))
-    state = model.init_state(1)
-    logits, _ = engine.backend.run(
-        ids, np.zeros(1, np.int64), np.zeros(1, np.int64), [state[n].numpy() for n in state if n != "pos"]
-    )
-    assert_close(torch.from_numpy(logits), torch_step(model, torch.from_numpy(ids), state)[0])
+    pool = engine.backend.new_pool(1)
+    logits = pool.run(slice(0, 1), ids, np.zeros(1, np.int64), np.zeros(1, np.int64))
+    assert_close(torch.from_numpy(logits), torch_step(model, torch.from_numpy(ids), model.init_state(1))[0])
 
 
 # ---- the command and its failures -----------------------------------------------------------------------
@@ -345,10 +343,27 @@ def test_failed_export_leaves_nothing(
     assert list(tmp_path.iterdir()) == []  # ...and it is gone
 
 
-@pytest.mark.parametrize("target", ["h100", "h200", "cuda"])
-def test_unavailable_targets(checkpoint: Path, tmp_path: Path, target: str) -> None:
-    code, _, stderr = jrtc_cli("export", str(checkpoint), "--target", target, "-o", str(tmp_path / "e"))
-    assert_one_line_error(code, stderr, f"target {target} is not available in this build")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_cuda_target_without_a_gpu(checkpoint: Path, tmp_path: Path) -> None:
+    code, _, stderr = jrtc_cli("export", str(checkpoint), "--target", "cuda", "-o", str(tmp_path / "e"))
+    assert_one_line_error(code, stderr, "--target cuda needs an NVIDIA GPU", "--format aoti")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--target", "cpu", "--dtype", "bfloat16"], "the cpu target exports float32"),
+        (["--format", "wasm"], "Invalid value for '--format'"),
+        (["--target", "cpu", "--format", "plan"], "target cpu writes onnx or aoti, not --format plan"),
+        (["--target", "cuda", "--format", "onnx"], "target cuda writes aoti, not --format onnx"),
+    ],
+)
+def test_format_and_dtype_errors(checkpoint: Path, tmp_path: Path, options: list[str], message: str) -> None:
+    code, _, stderr = jrtc_cli(
+        "export", str(checkpoint), *options, "-o", str(tmp_path / "e"), "--tokenizer", "bytes"
+    )
+    assert code != 0 and message in stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -220,6 +220,24 @@ def test_jrt_prefill_matches_naive(name: str) -> None:
     assert_close(z, rz, REL_STATE, "z")
 
 
+@pytest.mark.parametrize("enc_length", [0, 1, 24, 70, 200])
+def test_encode_reads_the_first_enc_length_tokens(enc_length: int) -> None:
+    """The model hands the encoder all L tokens and its length: only the first min(enc_length, L) count,
+    exactly as if the rest were not there (not the reference's pad masking, which keeps phi(0))."""
+    gen = _gen(enc_length + 7)
+    length = 70 if not BIG else 1500
+    k, v = _randn(gen, 2, length, 2, 16), _randn(gen, 2, length, 2, 64)
+    mask = _mask(gen, 2, length)
+    kv, z = chunk.pla_encode(k, v, mask, enc_length)
+    m = min(enc_length, length)
+    rkv, rz = naive.pla_encode(k[:, :m], v[:, :m], mask[:, :m])
+    wkv, wz = naive.pla_encode(k, v, mask, enc_length)
+    assert_close(wkv, rkv, FP32_REL, "naive kv, weighted vs sliced")
+    assert_close(wz, rz, FP32_REL, "naive z, weighted vs sliced")
+    assert_close(kv, rkv, REL_STATE, "kv")
+    assert_close(z, rz, REL_STATE, "z")
+
+
 @pytest.mark.parametrize("num_segments", [1, 3, 7])
 def test_encode_split_k(num_segments: int) -> None:
     gen = _gen(num_segments)
@@ -348,8 +366,12 @@ def test_ops_match_naive_and_dispatch_one_token_to_decode() -> None:
             ops.pla_causal(q, k, v, kv0, z0, mask), naive.pla_causal(q, k, v, kv0, z0, mask), strict=True
         ):
             assert_close(got, ref, REL_O, f"pla_causal L={length}")
-        for got, ref in zip(ops.pla_encode(k, v, mask), naive.pla_encode(k, v, mask), strict=True):
-            assert_close(got, ref, REL_O, "pla_encode")
+        for enc_length in (None, 4):
+            got_ref = zip(
+                ops.pla_encode(k, v, mask, enc_length), naive.pla_encode(k, v, mask, enc_length), strict=True
+            )
+            for got, ref in got_ref:
+                assert_close(got, ref, REL_O, "pla_encode")
     q, k, v, kv0, z0, _ = _op_inputs(1)
     for got, ref in zip(
         ops.pla_decode(q[:, 0], k[:, 0], v[:, 0], kv0, z0),
@@ -365,7 +387,7 @@ def test_ops_opcheck() -> None:
     utils = ("test_schema", "test_faketensor")
     torch.library.opcheck(torch.ops.jrtc.pla_causal.default, (q, k, v, kv0, z0, mask), test_utils=utils)
     torch.library.opcheck(torch.ops.jrtc.pla_causal.default, (q, k, v, kv0, z0, None), test_utils=utils)
-    torch.library.opcheck(torch.ops.jrtc.pla_encode.default, (k, v, mask), test_utils=utils)
+    torch.library.opcheck(torch.ops.jrtc.pla_encode.default, (k, v, mask, 4), test_utils=utils)
     args = (q[:, 0], k[:, 0], v[:, 0], kv0, z0)
     torch.library.opcheck(torch.ops.jrtc.pla_decode.default, args, test_utils=utils)
 

@@ -20,7 +20,8 @@ import psutil
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from jrt_fixtures import hf_config, random_state_dict, write_hf_checkpoint
+from jrt_fixtures import export_with_cli, hf_config, random_state_dict, write_hf_checkpoint
+from pool_wrappers import PoolWrapper, Recorder, recording
 from tokenizers import Tokenizer
 
 from jrtc.checkpoint import load_checkpoint
@@ -29,7 +30,7 @@ from jrtc.errors import JrtcError
 from jrtc.example import CHECKPOINT
 from jrtc.model import JRTModel
 from jrtc.runtime import Engine, SamplingParams, build_prompt
-from jrtc.runtime.sampling import sample
+from jrtc.runtime.sampling import Draw, sample
 from jrtc.tokenizer import byte_level_tokenizer_json
 
 TEXT = (
@@ -74,13 +75,6 @@ MODELS = {
 }
 
 
-def _export(checkpoint: Path, out: Path, options: list[str]) -> None:
-    result = CliRunner().invoke(
-        main, ["export", str(checkpoint), "--target", "cpu", "-o", str(out), "--tokenizer", "bytes", *options]
-    )
-    assert result.exit_code == 0, result.output
-
-
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
     root = tmp_path_factory.mktemp("engines")
@@ -92,24 +86,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
             hf = hf_config(**hf_options)
             hf["eos_token_id"] = 10 if name == "random-jrt" else None
             checkpoint = write_hf_checkpoint(root / f"{name}-ckpt", hf, random_state_dict(hf, seed))
-        _export(checkpoint, root / name, options)
+        export_with_cli(checkpoint, root / name, options)
         out[name] = Exported(name, checkpoint, root / name, load_checkpoint(checkpoint))
     return out
-
-
-class Recorder:
-    """A backend wrapper that keeps the logits and the input shape ``(B, L)`` of every call."""
-
-    def __init__(self, backend) -> None:
-        self.backend = backend
-        self.logits: list[np.ndarray] = []
-        self.shapes: list[tuple[int, int]] = []
-
-    def run(self, input_ids, start_pos, num_pad, states):
-        logits, next_states = self.backend.run(input_ids, start_pos, num_pad, states)
-        self.logits.append(logits.copy())
-        self.shapes.append(input_ids.shape)
-        return logits, next_states
 
 
 def _prompt(length: int) -> list[int]:
@@ -136,12 +115,9 @@ def _generate(
     engine: Engine, prompt: object, params: SamplingParams
 ) -> tuple[list[int], np.ndarray, Recorder]:
     """The runtime's tokens for one prompt, the logits each was drawn from, and the backend calls."""
-    recorder = Recorder(engine.backend)
-    engine.backend = recorder
-    try:
-        tokens = [t.id for t in engine.session(max_batch=1).generate(prompt, params)]
-    finally:
-        engine.backend = recorder.backend
+    session = engine.session(max_batch=1)
+    recorder = recording(session)
+    tokens = [t.id for t in session.generate(prompt, params)]
     return tokens, np.stack([lg[0] for lg in recorder.logits[-len(tokens) :]]), recorder
 
 
@@ -155,8 +131,8 @@ def _expect_pytorch(
 ) -> None:
     expected = _torch_logits(model, ids + tokens[:-1], num_pad)[len(ids) - 1 :]
     np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-3)
-    rng = np.random.default_rng(params.seed)
-    assert tokens == [sample(row[: model.config.vocab_size], params, rng) for row in expected]
+    vocab, seed = model.config.vocab_size, params.seed or 0  # greedy draws take no seed
+    assert tokens == [sample(row[:vocab], Draw(params, seed, i)) for i, row in enumerate(expected)]
 
 
 def _lengths(engine: Engine) -> dict[str, int]:
@@ -220,8 +196,8 @@ def test_continuous_batching_matches_sequences_alone(exported: dict[str, Exporte
     jobs = [(_prompt(n)[::-1], SamplingParams(max_new_tokens=m, **kw)) for n, m, kw in specs]
     alone = [[t.id for t in engine.session(max_batch=1).generate(p, params)] for p, params in jobs]
 
-    recorder = engine.backend = Recorder(engine.backend)
     session = engine.session()
+    recorder = recording(session)
     requests = [session.request(p, params) for p, params in jobs]
     together: dict[int, list[int]] = {id(r): [] for r in requests}
     for token in session.stream(requests):
@@ -233,29 +209,57 @@ def test_continuous_batching_matches_sequences_alone(exported: dict[str, Exporte
     assert not session.busy
 
 
-class ForceToken:
-    """A backend wrapper that makes ``token_id`` the likeliest token from the ``at``-th call on."""
+def test_waiting_requests_prefill_together(exported: dict[str, Exported]) -> None:
+    """Requests that wait together share their prefill calls, one row each, longest first; every row's
+    first logits and tokens are what it gets prefilled alone (short prompts padded to the encoder)."""
+    engine = Engine.load(exported["random-jrt"].engine)
+    enc, chunk = engine.manifest.enc_length, engine.manifest.max_prompt_len
+    lengths = _lengths(engine)
+    prompts = [_prompt(n)[::-1] for n in (lengths["short"], lengths["chunked"], lengths["long"])]
+    params = SamplingParams(max_new_tokens=6, stop_on_eos=False)
+    alone = [_generate(engine, prompt, params)[:2] for prompt in prompts]
 
-    def __init__(self, backend, token_id: int, at: int) -> None:
-        self.backend, self.token_id, self.at, self.calls = backend, token_id, at, 0
+    session = engine.session()
+    recorder = recording(session)
+    requests = [session.request(prompt, params) for prompt in prompts]
+    together: dict[int, list[int]] = {id(r): [] for r in requests}
+    for token in session.stream(requests):
+        together[id(token.request)].append(token.id)
+    assert [together[id(r)] for r in requests] == [tokens for tokens, _ in alone]
 
-    def run(self, input_ids, start_pos, num_pad, states):
-        logits, next_states = self.backend.run(input_ids, start_pos, num_pad, states)
+    short, long_ = enc, lengths["long"]  # the short prompt is padded up to the encoder
+    chunked = lengths["chunked"]
+    expected_calls = [(3, enc), (2, long_ - short), (1, chunk), (1, chunked - long_ - chunk)]
+    assert recorder.shapes[:4] == expected_calls
+    first_logits = [recorder.logits[0][2], recorder.logits[3][0], recorder.logits[1][1]]
+    for got, (_, logits) in zip(first_logits, alone, strict=True):
+        np.testing.assert_allclose(got, logits[0], rtol=1e-4, atol=1e-4)
+
+
+class ForceToken(PoolWrapper):
+    """Makes ``token_id`` the likeliest token from the ``at``-th call on."""
+
+    def __init__(self, pool, token_id: int, at: int) -> None:
+        super().__init__(pool)
+        self.token_id, self.at, self.calls = token_id, at, 0
+
+    def run(self, slots, input_ids, start_pos, num_pad):
+        logits = self.pool.run(slots, input_ids, start_pos, num_pad)
         self.calls += 1
         if self.calls >= self.at:
             logits = logits.copy()
             logits[:, self.token_id] = 1e9
-        return logits, next_states
+        return logits
 
 
 def test_session_finishing_and_bad_requests(exported: dict[str, Exported]) -> None:
     engine = Engine.load(exported["random-jrt"].engine)
     eos = engine.manifest.eos_token_id
-    engine.backend = ForceToken(engine.backend, eos, at=4)  # the prefill, then decode steps 2, 3, 4
     session = engine.session()
+    session.pool = ForceToken(session.pool, eos, at=4)  # the prefill, then decode steps 2, 3, 4
     tokens = list(session.generate("ab:12", SamplingParams(max_new_tokens=50)))
     assert [(t.id == eos, t.finish_reason) for t in tokens] == [(False, None)] * 3 + [(True, "eos")]
-    engine.backend = engine.backend.backend
+    session.pool = session.pool.pool
     tokens = list(session.generate("ab:12", SamplingParams(max_new_tokens=6, stop_on_eos=False)))
     assert [t.finish_reason for t in tokens] == [None] * 5 + ["length"]
     assert tokens[-1].request.stats.generated_tokens == 6
@@ -278,7 +282,7 @@ def test_session_finishing_and_bad_requests(exported: dict[str, Exported]) -> No
 def test_decode_memory_is_constant(exported: dict[str, Exported]) -> None:
     engine = Engine.load(exported["example"].engine)
     session = engine.session(max_batch=1)
-    buffers = [(a.__array_interface__["data"][0], a.nbytes) for a in session.states]
+    buffers = [(a.__array_interface__["data"][0], a.nbytes) for a in session.pool.states]
     process = psutil.Process()
     params = SamplingParams(max_new_tokens=5001, stop_on_eos=False)
     samples = {}
@@ -295,7 +299,7 @@ def test_decode_memory_is_constant(exported: dict[str, Exported]) -> None:
     # list would add 32 KiB over these 4,000 steps; keeping each logits row, 4.7 MiB.
     assert python_growth < 16 * 1024, python_growth
     assert rss_growth < 2 * 2**20, rss_growth
-    assert [(a.__array_interface__["data"][0], a.nbytes) for a in session.states] == buffers
+    assert [(a.__array_interface__["data"][0], a.nbytes) for a in session.pool.states] == buffers
     assert session.positions[0] == engine.manifest.enc_length + 5000
 
 
@@ -304,7 +308,7 @@ def test_runtime_imports_neither_torch_nor_triton(exported: dict[str, Exported])
 import sys
 import jrtc.runtime.cli
 from jrtc.runtime import Engine, SamplingParams, build_prompt
-from jrtc.runtime.sampling import sample
+from jrtc.runtime.sampling import Draw, sample
 engine = Engine.load({str(exported["example"].engine)!r})
 assert len(list(engine.session().generate("ab:", SamplingParams(max_new_tokens=3)))) == 3
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "triton"))

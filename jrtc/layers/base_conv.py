@@ -6,17 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KERNEL_SIZE = 3
-
-
-def short_conv(
-    u: torch.Tensor, state: torch.Tensor, weight: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal convolution of ``u [B, C, L]`` continuing from ``state [B, C, 2]`` (the two previous
-    inputs) with ``weight [C, 1, 3]`` -> ``c [B, C, L]`` and the next state."""
-    window = torch.cat([state, u], dim=-1)  # [B, C, 2 + L]
-    c = F.conv1d(window, weight, groups=weight.shape[0])  # valid conv: L outputs
-    return c, window[..., -(KERNEL_SIZE - 1) :]
+from jrtc.plugins.conv.naive import KERNEL_SIZE, short_conv
 
 
 class ShortConvolution(nn.Module):

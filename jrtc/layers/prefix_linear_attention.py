@@ -31,6 +31,8 @@ class PrefixLinearAttention(nn.Module):
             self.proj_v_enc = nn.Linear(d_model, d_model, bias=False)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
         self.ops: ModuleType = naive
+        # False when every call continues a sequence (an engine's decode program): the encoder is skipped.
+        self.starts_sequences = True
 
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {
@@ -52,14 +54,15 @@ class PrefixLinearAttention(nn.Module):
         k = self._heads(self.proj_k(x), self.feature_dim)
         v = self._heads(self.proj_v(x), self.head_dim)
         kv, z = state["kv"], state["z"]
-        if self.enc_length > 0:
+        if self.enc_length > 0 and self.starts_sequences:
             # Computed for every row and kept only where the sequence starts in this call (pos == 0), so
-            # one graph serves first calls, continuations and mixed batches alike.
-            prefix = x[:, : self.enc_length]
+            # one graph serves first calls, continuations and mixed batches alike. The encoder op reads
+            # the first enc_length tokens itself: no slice whose length depends on L (see naive).
             enc_kv, enc_z = self.ops.pla_encode(
-                self._heads(self.proj_k_enc(prefix), self.feature_dim),
-                self._heads(self.proj_v_enc(prefix), self.head_dim),
-                None if key_mask is None else key_mask[:, : self.enc_length],
+                self._heads(self.proj_k_enc(x), self.feature_dim),
+                self._heads(self.proj_v_enc(x), self.head_dim),
+                key_mask,
+                self.enc_length,
             )
             starts = (pos == 0).to(torch.float32)
             kv = kv + starts[:, None, None, None] * enc_kv

@@ -2,13 +2,16 @@
 
 A query at position i attends to keys at positions i - W .. i, W = window_size // 2 (flash-attn
 ``window_size=(W, 0)``). The state is a ring of the last W post-rotary keys and values, slot = position % W,
-so memory stays constant however long the sequence grows.
+so memory stays constant however long the sequence grows. The attention core lives in
+``jrtc.plugins.swa``: ``naive`` (PyTorch) by default, the Triton kernel (``ops``) with ``use_kernels``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from jrtc.plugins.swa import naive
 
 
 def rotate_neox(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, base: float) -> torch.Tensor:
@@ -26,47 +29,6 @@ def rotate_neox(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, base:
     return rotated.to(x.dtype)
 
 
-def ring_positions(end: torch.Tensor, ring: int) -> torch.Tensor:
-    """For each slot s, the latest position p < end with p % ring == s (negative: never written). ``[B, ring]``."""
-    slots = torch.arange(ring, device=end.device)
-    last = end[:, None] - 1
-    return last - torch.remainder(last - slots, ring)
-
-
-def window_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_ring: torch.Tensor,
-    v_ring: torch.Tensor,
-    pos: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Softmax attention of ``L`` new tokens over the ring and themselves, and the next ring.
-
-    q, k, v ``[B, H, L, hd]`` (post-rotary), rings ``[B, H, W, hd]`` (slot = position % W), pos ``[B]``
-    -> o ``[B, H, L, hd]`` (dtype of q) and the next rings.
-    """
-    batch, heads, length, head_dim = q.shape
-    ring = k_ring.shape[2]
-    positions = pos[:, None] + torch.arange(length, device=q.device)  # [B, L]
-    keys = torch.cat([k_ring, k], dim=2)  # [B, H, ring + L, hd]
-    values = torch.cat([v_ring, v], dim=2)
-    key_pos = torch.cat([ring_positions(pos, ring), positions], dim=1)  # [B, ring + L]
-    query_pos = positions[:, :, None]
-    visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= query_pos)
-    visible &= key_pos[:, None, :] >= query_pos - ring
-    scores = torch.einsum("bhld,bhmd->bhlm", q.float(), keys.float()) * head_dim**-0.5
-    scores = scores.masked_fill(~visible[:, None], float("-inf"))
-    out = torch.einsum("bhlm,bhmd->bhld", scores.softmax(-1), values.float()).to(q.dtype)
-
-    # Slot s now holds the latest position < pos + L that maps to it: new if it was in this call.
-    latest = ring_positions(pos + length, ring)
-    from_call = latest >= pos[:, None]
-    index = torch.where(from_call, ring + latest - pos[:, None], torch.arange(ring, device=q.device))
-    index = index[:, None, :, None].expand(batch, heads, ring, head_dim)
-    return out, keys.gather(2, index), values.gather(2, index)
-
-
 class SlidingWindowAttention(nn.Module):
     def __init__(
         self, d_model: int, num_heads: int, window_size: int, rotary_fraction: float, rotary_base: float
@@ -78,7 +40,8 @@ class SlidingWindowAttention(nn.Module):
         self.rotary_base = rotary_base
         self.Wqkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
-        self.window_attention = window_attention  # called through the instance: jrtc.export swaps it
+        # Called through the instance: use_kernels and jrtc.export swap it.
+        self.sliding_window_attention = naive.sliding_window_attention
 
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         shape = (self.num_heads, self.ring, self.head_dim)
@@ -99,6 +62,6 @@ class SlidingWindowAttention(nn.Module):
         k = rotate_neox(qkv[1], positions, self.rotary_dim, self.rotary_base)
         v = qkv[2]
 
-        out, k_ring, v_ring = self.window_attention(q, k, v, state["k"], state["v"], pos)
+        out, k_ring, v_ring = self.sliding_window_attention(q, k, v, state["k"], state["v"], pos)
         y = self.out_proj(out.transpose(1, 2).reshape(batch, length, d_model))
         return y, {"k": k_ring, "v": v_ring}

@@ -19,7 +19,6 @@ one op (segment states of the sequence-parallel path) stay in kernel order.
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
@@ -105,32 +104,3 @@ def _store_state_ko(kv, z, s_a, s_b, z_a, z_b, cols, cmask, write_z, DV: tl.cons
     if write_z:
         tl.store(z + ra, z_a)
         tl.store(z + rb, z_b)
-
-
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """Common dtype of the activations; the kernels' dots run in it (fp32 dots in full IEEE precision)."""
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"PLA kernels take float32, bfloat16 or float16 activations, got {dtype}")
-    return dtype
-
-
-def check_runnable(t: torch.Tensor, kernel: object) -> None:
-    """CPU tensors run only through the Triton interpreter, which must be on when the kernels are defined."""
-    if t.device.type == "cuda":
-        return
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if not isinstance(kernel, InterpretedFunction):
-        raise RuntimeError(
-            f"PLA Triton kernels got {t.device.type} tensors: they run on CUDA, or on the CPU only when "
-            "TRITON_INTERPRET=1 is set before jrtc.plugins.pla's kernel modules are first imported"
-        )
-
-
-def num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 132  # the interpreter: behave as on an H100/H200 so the same heuristics are exercised

@@ -26,12 +26,16 @@ prompts.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
+from .._triton import check_runnable, compute_dtype, dot, dot_precision, num_sms, symbolic
+from ..spec import ACTIVATION, Arg, Launch
 from . import naive
 from ._common import (
     EXPANDED_DIM,
@@ -41,9 +45,6 @@ from ._common import (
     _load_state_sym,
     _store_state_ko,
     _store_state_sym,
-    check_runnable,
-    compute_dtype,
-    num_sms,
 )
 
 # Globals read inside kernels must be constexprs.
@@ -53,18 +54,6 @@ EXPANDED_DIM_C: tl.constexpr = tl.constexpr(EXPANDED_DIM)
 # ---------------------------------------------------------------------------------------------------------
 # In-kernel Taylor feature map and the per-chunk state steps (kernel order: see _common)
 # ---------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _dot(a, b, acc, PREC: tl.constexpr):
-    # PREC is "" for half-precision operands; for fp32 operands (tests, fp32 models) "tf32x3" on GPUs
-    # (three tf32 products, about fp32 accuracy, on the tensor cores: an FMA "ieee" dot of these tiles spills
-    # so much that ptxas takes a minute per kernel) and "ieee" in the interpreter. Triton's default would be
-    # plain tf32 (10-bit mantissa).
-    if PREC == "":
-        return tl.dot(a, b, acc)
-    else:
-        return tl.dot(a, b, acc, input_precision=PREC)
 
 
 @triton.jit
@@ -135,10 +124,10 @@ def _chunk_update(kt, vt, w, ones01, s_a, s_b, z_a, z_b, C: tl.constexpr, PREC: 
     f_a = _features_a(kt, C) * w.to(dt)
     f_b = (_features_b(kt.to(tl.float32), C) * w).to(dt)
     vtt = tl.trans(vt)
-    s_a = _dot(vtt, f_a, s_a, PREC)
-    s_b = _dot(vtt, f_b, s_b, PREC)
-    z_a = _dot(ones01, f_a, z_a, PREC)
-    z_b = _dot(ones01, f_b, z_b, PREC)
+    s_a = dot(vtt, f_a, s_a, PREC)
+    s_b = dot(vtt, f_b, s_b, PREC)
+    z_a = dot(ones01, f_a, z_a, PREC)
+    z_b = dot(ones01, f_b, z_b, PREC)
     return s_a, s_b, z_a, z_b
 
 
@@ -148,10 +137,10 @@ def _chunk_readout(qt, acc, den, s_a, s_b, z_a, z_b, C: tl.constexpr, PREC: tl.c
     dt = qt.dtype
     g_a = _features_a(qt, C)
     g_b = _features_b(qt.to(tl.float32), C).to(dt)
-    acc = _dot(g_a, tl.trans(s_a.to(dt)), acc, PREC)
-    acc = _dot(g_b, tl.trans(s_b.to(dt)), acc, PREC)
-    dacc = _dot(g_a, tl.trans(_zsplit(z_a, dt)), tl.zeros([C, 16], tl.float32), PREC)
-    dacc = _dot(g_b, tl.trans(_zsplit(z_b, dt)), dacc, PREC)
+    acc = dot(g_a, tl.trans(s_a.to(dt)), acc, PREC)
+    acc = dot(g_b, tl.trans(s_b.to(dt)), acc, PREC)
+    dacc = dot(g_a, tl.trans(_zsplit(z_a, dt)), tl.zeros([C, 16], tl.float32), PREC)
+    dacc = dot(g_b, tl.trans(_zsplit(z_b, dt)), dacc, PREC)
     return acc, den + tl.sum(dacc, axis=1)
 
 
@@ -177,6 +166,7 @@ def _pla_segment_state_kernel(
     v,  # [B, L, H, DV]
     key_mask,  # [B, L] uint8, or any pointer when not HAS_MASK
     L,
+    N,  # tokens reduced: the first N <= L of each sequence
     H,
     SEG_LEN,  # tokens per segment, a multiple of C
     st_kv,  # out: [B*H, NSEG, 160, DV] fp32, kernel order
@@ -187,8 +177,8 @@ def _pla_segment_state_kernel(
     HAS_MASK: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """Partial state ``sum phi(k_t) [v_t | 1]`` over one segment: the split-K step of the encoder and the
-    first pass of the sequence-parallel causal path. Grid (value tiles, segments, B*H)."""
+    """Partial state ``sum phi(k_t) [v_t | 1]`` over one segment of the first N tokens: the split-K step of
+    the encoder and the first pass of the sequence-parallel causal path. Grid (value tiles, segments, B*H)."""
     pid_v = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -209,7 +199,7 @@ def _pla_segment_state_kernel(
     z_a = tl.zeros([16, 128], tl.float32)
     z_b = tl.zeros([16, 32], tl.float32)
     t_start = pid_s * SEG_LEN
-    t_end = tl.minimum(t_start + SEG_LEN, L)
+    t_end = tl.minimum(t_start + SEG_LEN, N)
     for t in range(t_start, t_end, C):
         offs_t = t + ci
         valid = offs_t < t_end
@@ -347,10 +337,10 @@ def _pla_chunk_fwd_kernel(
         kt = _load_keys(k_base, m_base, offs_t, valid, H, HAS_MASK).to(dt)
 
         # Intra-chunk: scores 1 + s + s^2/2 straight from the 16-dim q.k; columns past the end masked.
-        s = _dot(qt, tl.trans(kt), tl.zeros([C, C], tl.float32), PREC) * 0.25
+        s = dot(qt, tl.trans(kt), tl.zeros([C, C], tl.float32), PREC) * 0.25
         a = tl.where((ci[:, None] >= ci[None, :]) & valid[None, :], 1.0 + s + 0.5 * s * s, 0.0)
         den = tl.sum(a, axis=1)
-        acc = _dot(a.to(dt), vt, tl.zeros([C, BV], tl.float32), PREC)
+        acc = dot(a.to(dt), vt, tl.zeros([C, BV], tl.float32), PREC)
 
         # Inter-chunk: the state from before this chunk through the expanded features; then add the chunk.
         acc, den = _chunk_readout(qt, acc, den, s_a, s_b, z_a, z_b, C, PREC)
@@ -364,6 +354,144 @@ def _pla_chunk_fwd_kernel(
             kv_out + bh64 * EXPANDED_DIM_C * DV, z_out + bh64 * EXPANDED_DIM_C,
             tl.trans(s_a), tl.trans(s_b), _zvec(z_a), _zvec(z_b), cols, cmask, pid_v == 0, DV,
         )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launches (plugins/spec.py). The constexprs are the engine's: bf16 activations, key mask given, and the
+# tiles of CAUSAL_CONFIG / ENGINE_ENCODER_CHUNK; the torch ops override them per call.
+# ---------------------------------------------------------------------------------------------------------
+
+D, R = EXPANDED_DIM, KERNEL_ROWS  # state rows in naive's layout (153) and in kernel order (160)
+ENGINE_ENCODER_CHUNK = 32  # the encoder's chunk in engines: chunk 64 needs 59 KiB of shared memory, over 48
+
+
+def _block_v(dv: int, block_v: int | None = None) -> int:
+    if block_v is not None:
+        return block_v
+    return max(16, min(64, triton.next_power_of_2(dv)))
+
+
+# Partial states of segments of the first N tokens: the encoder's split-K step (N = min(L, enc_length)) and
+# the first pass of the sequence-parallel causal path (N = L). SEGMENTS: ~4 programs per SM, at least 8
+# chunks per segment (the encoder has no sequential dependency); the causal path presets it.
+PLA_SEGMENT_STATE = Launch(
+    "pla_segment_state",
+    _pla_segment_state_kernel,
+    inputs=(
+        Arg("k", ACTIVATION, "B L H 16"),
+        Arg("v", ACTIVATION, "B L H DV"),
+        Arg("key_mask", "int32", "B L"),
+    ),
+    scalars=(("L", "L"), ("N", "N"), ("H", "H"), ("SEG_LEN", "SEG_LEN")),
+    outputs=(
+        Arg("st_kv", "float32", f"B*H NSEG {R} DV"),
+        Arg("st_z", "float32", f"B*H NSEG {R}"),
+    ),
+    attributes=("enc_length",),
+    derived=(
+        ("N", "min(L, enc_length)"),
+        ("NV", "cdiv(DV, BV)"),
+        ("SEGMENTS", "max(1, min(cdiv(SMS*4, NV*B*H), N // (C*8)))"),
+        ("SEG_LEN", "cdiv(cdiv(N, SEGMENTS), C) * C"),
+        ("NSEG", "cdiv(N, SEG_LEN)"),
+    ),
+    grid=("NV", "NSEG", "B*H"),
+    constexprs=lambda d: {
+        "DV": d["DV"],
+        "BV": _block_v(d["DV"]),
+        "C": ENGINE_ENCODER_CHUNK,
+        "HAS_MASK": True,
+        "PREC": "",
+    },  # fmt: skip
+    num_stages=2,
+)
+
+_SCAN_INPUTS = (Arg("st_kv", "float32", f"BH NSEG {R} DV"), Arg("st_z", "float32", f"BH NSEG {R}"))
+_SCAN_OUTPUTS = (Arg("kv_out", "float32", f"BH {D} DV"), Arg("z_out", "float32", f"BH {D}"))
+
+# The encoder's state: the sum of its segment states (naive's layout, [B*H, 153, dv]).
+PLA_ENCODE_SCAN = Launch(
+    "pla_encode_scan",
+    _pla_state_scan_kernel,
+    inputs=_SCAN_INPUTS,
+    scalars=(("NSEG", "NSEG"),),
+    outputs=_SCAN_OUTPUTS,
+    grid=("cdiv(DV, BV)", "BH", "1"),
+    constexprs=lambda d: {"DV": d["DV"], "BV": _block_v(d["DV"]), "HAS_INIT": False, "WRITE_PREFIX": False},
+    unused=("kv_init", "z_init", "prefix_kv", "prefix_z"),
+)
+
+# Sequence-parallel causal path, pass 2: exclusive prefix states of the segments from (kv0, z0), and the
+# final state.
+PLA_CAUSAL_SCAN = Launch(
+    "pla_causal_scan",
+    _pla_state_scan_kernel,
+    inputs=(*_SCAN_INPUTS, Arg("kv_init", "float32", f"BH {D} DV"), Arg("z_init", "float32", f"BH {D}")),
+    scalars=(("NSEG", "NSEG"),),
+    outputs=(
+        Arg("prefix_kv", "float32", f"BH NSEG {R} DV"),
+        Arg("prefix_z", "float32", f"BH NSEG {R}"),
+        *_SCAN_OUTPUTS,
+    ),
+    grid=("cdiv(DV, BV)", "BH", "1"),
+    constexprs=lambda d: {"DV": d["DV"], "BV": _block_v(d["DV"]), "HAS_INIT": True, "WRITE_PREFIX": True},
+)
+
+_CHUNK_INPUTS = (
+    Arg("q", ACTIVATION, "B L H 16"),
+    Arg("k", ACTIVATION, "B L H 16"),
+    Arg("v", ACTIVATION, "B L H DV"),
+)
+_CHUNK_SCALARS = (("L", "L"), ("H", "H"), ("SEG_LEN", "SEG_LEN"))
+
+
+def _chunk_constexprs(split: bool) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    return lambda d: {
+        "DV": d["DV"], "BV": _block_v(d["DV"]), "C": CAUSAL_CONFIG.chunk, "HAS_MASK": True, "SPLIT": split,
+        "PREC": "",
+    }  # fmt: skip
+
+
+# Causal chunked pass over whole sequences from (kv0, z0): one launch, the engines' causal prefill.
+PLA_CAUSAL = Launch(
+    "pla_causal",
+    _pla_chunk_fwd_kernel,
+    inputs=(
+        *_CHUNK_INPUTS,
+        Arg("kv_init", "float32", f"B H {D} DV"),
+        Arg("z_init", "float32", f"B H {D}"),
+        Arg("key_mask", "int32", "B L"),
+    ),
+    scalars=_CHUNK_SCALARS,
+    outputs=(
+        Arg("o", ACTIVATION, "B L H DV"),
+        Arg("kv_out", "float32", f"B H {D} DV"),
+        Arg("z_out", "float32", f"B H {D}"),
+    ),
+    derived=(("SEG_LEN", "L"),),
+    grid=("cdiv(DV, BV)", "1", "B*H"),
+    constexprs=_chunk_constexprs(split=False),
+    unused=("prefix_kv", "prefix_z"),
+    num_stages=2,
+)
+
+# Sequence-parallel causal path, pass 3: every segment's outputs from its prefix state.
+PLA_CAUSAL_SPLIT = Launch(
+    "pla_causal_split",
+    _pla_chunk_fwd_kernel,
+    inputs=(
+        *_CHUNK_INPUTS,
+        Arg("prefix_kv", "float32", f"BH NSEG {R} DV"),
+        Arg("prefix_z", "float32", f"BH NSEG {R}"),
+        Arg("key_mask", "int32", "B L"),
+    ),
+    scalars=_CHUNK_SCALARS,
+    outputs=(Arg("o", ACTIVATION, "B L H DV"),),
+    grid=("cdiv(DV, BV)", "NSEG", "B*H"),
+    constexprs=_chunk_constexprs(split=True),
+    unused=("kv_init", "z_init", "kv_out", "z_out"),
+    num_stages=2,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -401,16 +529,10 @@ class PrefillConfig:
 # (benchmarks/results/prefill_kernels-sweep-h200.json). Causal at B=16 H=16 T=8192: chunk 16 1.82 ms,
 # 64 1.99 ms, 32 2.05 ms; 8 warps or a register cap (more resident programs, more spills) were slower.
 # A later sweep (prefill_kernels-sweep2-h200.json) measured 3 pipeline stages at 1.60 ms against 1.83 ms
-# for 2, and the encoder without the register cap within noise of it: candidates for the next GPU check,
-# not yet defaults (the committed results were measured with these).
+# for 2 (a candidate for the next GPU check), and the encoder without its register cap (maxnreg 168)
+# within noise of it: the cap is dropped, since Inductor cannot pass maxnreg to a kernel it embeds.
 CAUSAL_CONFIG = PrefillConfig(chunk=16)
-ENCODER_CONFIG = PrefillConfig(chunk=64, maxnreg=168)
-
-
-def _block_v(dv: int, block_v: int | None) -> int:
-    if block_v is not None:
-        return block_v
-    return max(16, min(64, triton.next_power_of_2(dv)))
+ENCODER_CONFIG = PrefillConfig(chunk=64)
 
 
 def _num_segments(programs: int, length: int, chunk: int, device: torch.device, min_chunks: int) -> int:
@@ -420,19 +542,16 @@ def _num_segments(programs: int, length: int, chunk: int, device: torch.device, 
     (value tile, b*h) programs leave SMs idle: below one program per SM, split until there are about two
     per SM (what stays resident at the kernel's register use), keeping each segment at least
     ``min_chunks`` chunks long. On an H200, B=1 H=16 T=32k: 16 segments 0.70 ms, 17 segments 1.02 ms.
+
+    With symbolic shapes (torch.export, AOTInductor) the choice of code path would become a guard on them,
+    so compiled programs take the unsplit path.
     """
     sms = num_sms(device)
-    if programs >= sms:
+    if symbolic(programs, length) or programs >= sms:
         return 1
     want = (2 * sms) // programs  # rounded down: a few programs past two per SM would make a second wave
     most = max(1, length // (min_chunks * chunk))
     return max(1, min(want, most))
-
-
-def _dot_precision(v: torch.Tensor) -> str:
-    if v.dtype != torch.float32:
-        return ""
-    return "tf32x3" if v.device.type == "cuda" else "ieee"
 
 
 def _check_inputs(name: str, x: torch.Tensor, dims: int, last: int | None = None) -> None:
@@ -454,27 +573,85 @@ def _mask_arg(key_mask: torch.Tensor | None, shape: tuple[int, int], ref: torch.
         return ref  # never read (HAS_MASK=False): any pointer will do
     if tuple(key_mask.shape) != shape:
         raise ValueError(f"key_mask: expected {shape}, got {tuple(key_mask.shape)}")
-    return key_mask.to(device=ref.device, dtype=torch.bool).contiguous().view(torch.uint8)
+    return key_mask.to(device=ref.device, dtype=torch.int32).contiguous()  # as the plugins take it
+
+
+def _tuning(config: PrefillConfig, dv: int, has_mask: bool, v: torch.Tensor) -> dict[str, Any]:
+    """The torch op's constexprs over the engine's: this call's tiles, mask and dot precision."""
+    return {
+        "BV": _block_v(dv, config.block_v),
+        "C": config.chunk,
+        "HAS_MASK": has_mask,
+        "PREC": dot_precision(v),
+    }
+
+
+def encode_operands(
+    k_enc: torch.Tensor, v_enc: torch.Tensor, enc_length: int | None
+) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]:
+    """``pla_encode``'s operands checked and made ready for a kernel: k_enc and v_enc contiguous in their
+    common dtype, the count of tokens to reduce, and the zero (kv, z) the kernels accumulate into."""
+    _check_inputs("k_enc", k_enc, 4, FEATURE_DIM)
+    _check_inputs("v_enc", v_enc, 4)
+    batch, length, heads, _ = k_enc.shape
+    dv = v_enc.shape[-1]
+    _check_dv(dv)
+    count = length if enc_length is None else torch.sym_min(length, enc_length)
+    kv = torch.zeros(batch, heads, EXPANDED_DIM, dv, device=v_enc.device, dtype=torch.float32)
+    z = torch.zeros(batch, heads, EXPANDED_DIM, device=v_enc.device, dtype=torch.float32)
+    dtype = compute_dtype(k_enc, v_enc)
+    return k_enc.to(dtype).contiguous(), v_enc.to(dtype).contiguous(), count, kv, z
+
+
+def causal_operands(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv0: torch.Tensor, z0: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """``pla_causal``'s operands checked and made ready for a kernel: q, k, v contiguous in their common
+    dtype, the initial state fp32 and contiguous on v's device, and the output o (uninitialized)."""
+    _check_inputs("q", q, 4, FEATURE_DIM)
+    _check_inputs("k", k, 4, FEATURE_DIM)
+    _check_inputs("v", v, 4)
+    batch, length, heads, _ = q.shape
+    dv = v.shape[-1]
+    _check_dv(dv)
+    if tuple(k.shape) != tuple(q.shape) or tuple(v.shape[:3]) != (batch, length, heads):
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not agree")
+    if tuple(kv0.shape) != (batch, heads, EXPANDED_DIM, dv) or tuple(z0.shape) != (
+        batch,
+        heads,
+        EXPANDED_DIM,
+    ):
+        raise ValueError(f"kv0 {tuple(kv0.shape)} / z0 {tuple(z0.shape)} do not match q and v")
+    kv0 = kv0.to(device=v.device, dtype=torch.float32).contiguous()
+    z0 = z0.to(device=v.device, dtype=torch.float32).contiguous()
+    o = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+    dtype = compute_dtype(q, k, v)
+    q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
+    return q, k, v, kv0, z0, o
 
 
 def segment_states(
-    k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, num_segments: int, config: PrefillConfig
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    num_segments: int,
+    config: PrefillConfig,
+    count: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Partial states over ``num_segments`` equal segments (kernel order): ``[B*H, NSEG, 160, dv]``, z."""
+    """Partial states of the first ``count`` tokens (all when None) over ``num_segments`` equal segments
+    (kernel order): ``[B*H, NSEG, 160, dv]``, z, and the segment length."""
     batch, length, heads, _ = k.shape
-    dv = v.shape[-1]
-    bv = _block_v(dv, config.block_v)
-    seg_len = triton.cdiv(triton.cdiv(length, num_segments), config.chunk) * config.chunk
-    nseg = triton.cdiv(length, seg_len)
-    st_kv = torch.empty(batch * heads, nseg, KERNEL_ROWS, dv, device=k.device, dtype=torch.float32)
-    st_z = torch.empty(batch * heads, nseg, KERNEL_ROWS, device=k.device, dtype=torch.float32)
-    grid = (triton.cdiv(dv, bv), nseg, batch * heads)
-    _pla_segment_state_kernel[grid](
-        k, v, _mask_arg(key_mask, (batch, length), k), length, heads, seg_len, st_kv, st_z,
-        DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, PREC=_dot_precision(v),
-        **config.launch(),
-    )  # fmt: skip
-    return st_kv, st_z, seg_len
+    env = PLA_SEGMENT_STATE.bind(
+        {"k": k.shape, "v": v.shape},
+        {"enc_length": length if count is None else count},
+        constexprs=_tuning(config, v.shape[-1], key_mask is not None, v),
+        SMS=num_sms(k.device),
+        SEGMENTS=num_segments,
+    )
+    out = PLA_SEGMENT_STATE.allocate(env, k.device, v.dtype)
+    tensors = {"k": k, "v": v, "key_mask": _mask_arg(key_mask, (batch, length), k), **out}
+    PLA_SEGMENT_STATE.launch(env, tensors, **config.launch())
+    return out["st_kv"], out["st_z"], env["SEG_LEN"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -483,41 +660,50 @@ def segment_states(
 
 
 def pla_encode(
-    k_enc: torch.Tensor, v_enc: torch.Tensor, key_mask: torch.Tensor | None = None
+    k_enc: torch.Tensor,
+    v_enc: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    enc_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Non-causal encoder state over M prefix tokens (see ``naive.pla_encode``): kv [B,H,153,dv], z fp32."""
-    return pla_encode_with(k_enc, v_enc, key_mask, config=ENCODER_CONFIG)
+    """Non-causal encoder state over the first ``enc_length`` of L tokens (see ``naive.pla_encode``):
+    kv [B,H,153,dv], z fp32."""
+    return pla_encode_with(k_enc, v_enc, key_mask, enc_length, config=ENCODER_CONFIG)
 
 
 def pla_encode_with(
-    k_enc: torch.Tensor, v_enc: torch.Tensor, key_mask: torch.Tensor | None = None, *, config: PrefillConfig
+    k_enc: torch.Tensor,
+    v_enc: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    enc_length: int | None = None,
+    *,
+    config: PrefillConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``pla_encode`` with explicit launch parameters (tests and benchmarks)."""
-    _check_inputs("k_enc", k_enc, 4, FEATURE_DIM)
-    _check_inputs("v_enc", v_enc, 4)
+    """``pla_encode`` with explicit launch parameters (tests and benchmarks): the launches
+    ``PLA_SEGMENT_STATE`` (the segments' partial states) and ``PLA_ENCODE_SCAN`` (their sum)."""
+    k_enc, v_enc, count, kv, z = encode_operands(k_enc, v_enc, enc_length)
     batch, length, heads, _ = k_enc.shape
     dv = v_enc.shape[-1]
-    _check_dv(dv)
-    kv = torch.zeros(batch, heads, EXPANDED_DIM, dv, device=v_enc.device, dtype=torch.float32)
-    z = torch.zeros(batch, heads, EXPANDED_DIM, device=v_enc.device, dtype=torch.float32)
-    if length == 0 or batch * heads == 0:
+    if count == 0 or batch * heads == 0:
         return kv, z
     check_runnable(v_enc, _pla_segment_state_kernel)
-    dtype = compute_dtype(k_enc, v_enc)
-    k_enc = k_enc.to(dtype).contiguous()
-    v_enc = v_enc.to(dtype).contiguous()
-    bv = _block_v(dv, config.block_v)
-    nseg = config.num_segments
-    if nseg is None:
-        # The reduction has no sequential dependency: split it until the GPU has ~4 programs per SM.
-        programs = triton.cdiv(dv, bv) * batch * heads
-        nseg = max(1, min(triton.cdiv(4 * num_sms(v_enc.device), programs), length // (8 * config.chunk)))
-    st_kv, st_z, _ = segment_states(k_enc, v_enc, key_mask, nseg, config)
-    grid = (triton.cdiv(dv, bv), batch * heads)
-    _pla_state_scan_kernel[grid](
-        st_kv, st_z, kv, z, st_kv.shape[1], st_kv, st_z, kv, z,
-        DV=dv, BV=bv, HAS_INIT=False, WRITE_PREFIX=False, num_warps=4,
-    )  # fmt: skip
+    dtype = k_enc.dtype
+    segments = {} if config.num_segments is None else {"SEGMENTS": config.num_segments}
+    tuning = _tuning(config, dv, key_mask is not None, v_enc)
+    env = PLA_SEGMENT_STATE.bind(
+        {"k": k_enc.shape, "v": v_enc.shape},
+        {"enc_length": count},
+        constexprs=tuning,
+        SMS=num_sms(v_enc.device),
+        **segments,
+    )
+    partial = PLA_SEGMENT_STATE.allocate(env, v_enc.device, dtype)
+    mask = _mask_arg(key_mask, (batch, length), k_enc)
+    PLA_SEGMENT_STATE.launch(env, {"k": k_enc, "v": v_enc, "key_mask": mask, **partial}, **config.launch())
+    scan = PLA_ENCODE_SCAN.bind(
+        {name: t.shape for name, t in partial.items()}, constexprs={"BV": tuning["BV"]}
+    )
+    out = {"kv_out": kv.view(batch * heads, EXPANDED_DIM, dv), "z_out": z.view(batch * heads, EXPANDED_DIM)}
+    PLA_ENCODE_SCAN.launch(scan, {**partial, **out}, num_warps=4)
     return kv, z
 
 
@@ -543,63 +729,51 @@ def pla_causal_with(
     *,
     config: PrefillConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``pla_causal`` with explicit launch parameters (tests and benchmarks)."""
-    _check_inputs("q", q, 4, FEATURE_DIM)
-    _check_inputs("k", k, 4, FEATURE_DIM)
-    _check_inputs("v", v, 4)
+    """``pla_causal`` with explicit launch parameters (tests and benchmarks): one ``PLA_CAUSAL`` launch, or
+    the sequence-parallel ``PLA_SEGMENT_STATE``, ``PLA_CAUSAL_SCAN``, ``PLA_CAUSAL_SPLIT``."""
+    q, k, v, kv0, z0, o = causal_operands(q, k, v, kv0, z0)
     batch, length, heads, _ = q.shape
     dv = v.shape[-1]
-    _check_dv(dv)
-    if tuple(k.shape) != tuple(q.shape) or tuple(v.shape[:3]) != (batch, length, heads):
-        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not agree")
-    if tuple(kv0.shape) != (batch, heads, EXPANDED_DIM, dv) or tuple(z0.shape) != (
-        batch,
-        heads,
-        EXPANDED_DIM,
-    ):
-        raise ValueError(f"kv0 {tuple(kv0.shape)} / z0 {tuple(z0.shape)} do not match q and v")
-    kv0 = kv0.to(device=v.device, dtype=torch.float32).contiguous()
-    z0 = z0.to(device=v.device, dtype=torch.float32).contiguous()
-    o = torch.empty(v.shape, device=v.device, dtype=v.dtype)
     if length == 0 or batch * heads == 0:
         return o, kv0.clone(), z0.clone()
     check_runnable(v, _pla_chunk_fwd_kernel)
-    dtype = compute_dtype(q, k, v)
-    q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
     mask = _mask_arg(key_mask, (batch, length), v)
     kv = torch.empty_like(kv0)
     z = torch.empty_like(z0)
-    bv = _block_v(dv, config.block_v)
-    nv = triton.cdiv(dv, bv)
+    tuning = _tuning(config, dv, key_mask is not None, v)
+    nv = triton.cdiv(dv, tuning["BV"])
     nseg = config.num_segments
     if nseg is None:
         nseg = _num_segments(nv * batch * heads, length, config.chunk, v.device, min_chunks=4)
-    prec = _dot_precision(v)
     launch = config.launch()
+    tensors = {"q": q, "k": k, "v": v, "key_mask": mask, "o": o}
     if nseg <= 1:
-        _pla_chunk_fwd_kernel[(nv, 1, batch * heads)](
-            q, k, v, kv0, z0, kv0, z0, mask, length, heads, length, o, kv, z,
-            DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, SPLIT=False, PREC=prec, **launch,
-        )  # fmt: skip
+        env = PLA_CAUSAL.bind({"q": q.shape, "v": v.shape}, constexprs=tuning)
+        PLA_CAUSAL.launch(env, {**tensors, "kv_init": kv0, "z_init": z0, "kv_out": kv, "z_out": z}, **launch)
         return o, kv, z
     # Sequence parallel: segment states, exclusive scan from (kv0, z0), then each segment's outputs.
     st_kv, st_z, seg_len = segment_states(k, v, key_mask, nseg, config)
-    prefix_kv = torch.empty_like(st_kv)
-    prefix_z = torch.empty_like(st_z)
-    nseg = st_kv.shape[1]
-    _pla_state_scan_kernel[(nv, batch * heads)](
-        st_kv, st_z, kv0, z0, nseg, prefix_kv, prefix_z, kv, z,
-        DV=dv, BV=bv, HAS_INIT=True, WRITE_PREFIX=True, num_warps=4,
-    )  # fmt: skip
-    _pla_chunk_fwd_kernel[(nv, nseg, batch * heads)](
-        q, k, v, kv0, z0, prefix_kv, prefix_z, mask, length, heads, seg_len, o, kv, z,
-        DV=dv, BV=bv, C=config.chunk, HAS_MASK=key_mask is not None, SPLIT=True, PREC=prec, **launch,
-    )  # fmt: skip
+    flat = {  # the (b, h) states as the scan kernel indexes them
+        "kv_init": kv0.view(batch * heads, EXPANDED_DIM, dv), "z_init": z0.view(batch * heads, EXPANDED_DIM),
+        "kv_out": kv.view(batch * heads, EXPANDED_DIM, dv), "z_out": z.view(batch * heads, EXPANDED_DIM),
+    }  # fmt: skip
+    scan = PLA_CAUSAL_SCAN.bind({"st_kv": st_kv.shape}, constexprs={"BV": tuning["BV"]})
+    prefix = {"prefix_kv": torch.empty_like(st_kv), "prefix_z": torch.empty_like(st_z)}
+    PLA_CAUSAL_SCAN.launch(scan, {"st_kv": st_kv, "st_z": st_z, **flat, **prefix}, num_warps=4)
+    env = PLA_CAUSAL_SPLIT.bind(
+        {"q": q.shape, "v": v.shape, "prefix_kv": st_kv.shape}, constexprs=tuning, SEG_LEN=seg_len
+    )
+    PLA_CAUSAL_SPLIT.launch(env, {**tensors, **prefix}, **launch)
     return o, kv, z
 
 
 __all__ = [
     "CAUSAL_CONFIG",
+    "PLA_CAUSAL",
+    "PLA_CAUSAL_SCAN",
+    "PLA_CAUSAL_SPLIT",
+    "PLA_ENCODE_SCAN",
+    "PLA_SEGMENT_STATE",
     "ENCODER_CONFIG",
     "PrefillConfig",
     "naive",

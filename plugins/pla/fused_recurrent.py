@@ -20,7 +20,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import EXPANDED_DIM, FEATURE_DIM, _rows_a, _rows_b, check_runnable, compute_dtype, num_sms
+from .._triton import check_runnable, compute_dtype, num_sms, symbolic
+from ..spec import ACTIVATION, Arg, Launch
+from ._common import (
+    EXPANDED_DIM,
+    FEATURE_DIM,
+    _rows_a,
+    _rows_b,
+)
 
 EXPANDED_DIM_C: tl.constexpr = tl.constexpr(EXPANDED_DIM)
 
@@ -87,11 +94,38 @@ def _pla_decode_kernel(
     tl.store(o + bh * DV + cols, (num / (den + 1e-12)).to(o.dtype.element_ty), mask=cmask)
 
 
+BLOCK_V = 64  # value columns per program for large batches (and in engines)
+
+PLA_DECODE = Launch(
+    "pla_decode",
+    _pla_decode_kernel,
+    inputs=(
+        Arg("q", ACTIVATION, "B H 16"),
+        Arg("k", ACTIVATION, "B H 16"),
+        Arg("v", ACTIVATION, "B H DV"),
+        Arg("kv", "float32", f"B H {EXPANDED_DIM} DV"),
+        Arg("z", "float32", f"B H {EXPANDED_DIM}"),
+    ),
+    outputs=(
+        Arg("o", ACTIVATION, "B H DV"),
+        Arg("kv_new", "float32", f"B H {EXPANDED_DIM} DV"),
+        Arg("z_new", "float32", f"B H {EXPANDED_DIM}"),
+    ),
+    grid=("cdiv(DV, BV)", "B*H", "1"),
+    constexprs=lambda d: {"DV": d["DV"], "BV": BLOCK_V},
+    aliases={"kv_new": "kv"},  # every element of kv is read, then written, by one program
+    num_warps=2,
+)
+
+
 def _block_v(dv: int, programs_per_tile: int, device: torch.device) -> int:
     """Value columns per program: 64 (256-byte rows), halved down to 16 while that leaves the GPU with fewer
     than ~4 programs per SM (a small batch). On an H200 at B=64 the block size and warps changed the time
-    by under 10% (benchmarks/results/decode_kernels-h200.json, "sweep")."""
-    bv = 64
+    by under 10% (benchmarks/results/decode_kernels-h200.json, "sweep"). With a symbolic batch (torch.export,
+    AOTInductor) the loop would become guards on it: compiled programs take the large-batch choice."""
+    bv = BLOCK_V
+    if symbolic(programs_per_tile):
+        return bv
     while bv > 16 and triton.cdiv(dv, bv) * programs_per_tile < 4 * num_sms(device):
         bv //= 2
     return bv
@@ -140,11 +174,12 @@ def pla_decode_with(
         return o, kv_new, z_new
     check_runnable(v, _pla_decode_kernel)
     bv = block_v or _block_v(dv, batch * heads, v.device)
-    if z_new.data_ptr() == z.data_ptr() and triton.cdiv(dv, bv) > 1:
+    if out is not None and z_new.data_ptr() == z.data_ptr() and triton.cdiv(dv, bv) > 1:
         raise ValueError("z_new may alias z only with a single value tile per head (block_v >= dv)")
-    grid = (triton.cdiv(dv, bv), batch * heads)
-    _pla_decode_kernel[grid](q, k, v, kv, z, o, kv_new, z_new, DV=dv, BV=bv, num_warps=num_warps)
+    env = PLA_DECODE.bind({"q": q.shape, "v": v.shape}, constexprs={"BV": bv})
+    tensors = {"q": q, "k": k, "v": v, "kv": kv, "z": z, "o": o, "kv_new": kv_new, "z_new": z_new}
+    PLA_DECODE.launch(env, tensors, num_warps=num_warps)
     return o, kv_new, z_new
 
 
-__all__ = ["pla_decode", "pla_decode_with"]
+__all__ = ["PLA_DECODE", "pla_decode", "pla_decode_with"]

@@ -53,14 +53,22 @@ def _mask_keys(k: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def pla_encode(
-    k_enc: torch.Tensor, v_enc: torch.Tensor, key_mask: torch.Tensor | None = None
+    k_enc: torch.Tensor,
+    v_enc: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    enc_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Non-causal encoder state over M prefix tokens.
+    """Non-causal encoder state over the first ``enc_length`` of L tokens (all L when None).
 
-    k_enc ``[B, M, H, 16]``, v_enc ``[B, M, H, dv]``, key_mask ``[B, M]`` (True = real token)
-    -> kv ``[B, H, 153, dv]``, z ``[B, H, 153]`` (fp32).
+    k_enc ``[B, L, H, 16]``, v_enc ``[B, L, H, dv]``, key_mask ``[B, L]`` (True = real token)
+    -> kv ``[B, H, 153, dv]``, z ``[B, H, 153]`` (fp32). Tokens past ``enc_length`` are left out entirely.
     """
     features = taylor_features(_mask_keys(k_enc, key_mask))
+    if enc_length is not None:
+        # A weight, not a slice: the length stays symbolic when the model is exported (a slice makes
+        # torch.export specialize on whether L reaches enc_length).
+        inside = torch.arange(k_enc.shape[1], device=k_enc.device) < enc_length
+        features = features * inside[None, :, None, None]
     kv = torch.einsum("bmhd,bmhe->bhde", features, v_enc.float())
     return kv, features.sum(dim=1)
 

@@ -1,43 +1,39 @@
-"""Torch custom ops for the PLA Triton kernels: ``jrtc::pla_encode``, ``jrtc::pla_causal``, ``jrtc::pla_decode``.
+"""Torch ops for the PLA Triton kernels: ``jrtc::pla_encode``, ``jrtc::pla_causal``, ``jrtc::pla_decode``.
 
 The module-level functions have exactly the signatures of ``naive``'s and call the ops, so a model switches
 from the reference to the kernels by swapping the module::
 
     from jrtc.plugins.pla import ops      # instead of: from jrtc.plugins.pla import naive as ops
-    kv_e, z_e = ops.pla_encode(k_enc, v_enc, key_mask)
+    kv_e, z_e = ops.pla_encode(k_enc, v_enc, key_mask, enc_length)
     o, kv, z = ops.pla_causal(q, k, v, kv0 + kv_e, z0 + z_e, key_mask)
     o, kv, z = ops.pla_decode(q, k, v, kv, z)
 
 They run on CUDA tensors, or on CPU tensors through the Triton interpreter when ``TRITON_INTERPRET=1`` is
 set before this package's kernel modules are first imported. The ops are functional (they never write
-their inputs) and have fake (meta) implementations, so they trace under ``torch.compile`` / ``torch.export``.
+their inputs). They are ``torch.library.triton_op``s whose kernels launch through ``wrap_triton``, so
+torch.export and AOTInductor see the kernels themselves and compile them into the package, which then runs
+without Python (a plain ``custom_op`` would need the Python interpreter at run time); their fake (meta)
+implementations come from tracing the same launch code.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.library import triton_op
 
 from . import chunk, fused_recurrent
 from .naive import EXPANDED_DIM, FEATURE_DIM
 
 
-@torch.library.custom_op("jrtc::pla_encode", mutates_args=())
-def _pla_encode_op(k_enc: Tensor, v_enc: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    return chunk.pla_encode(k_enc, v_enc, key_mask)
+@triton_op("jrtc::pla_encode", mutates_args={})
+def _pla_encode_op(
+    k_enc: Tensor, v_enc: Tensor, key_mask: Tensor | None, enc_length: int | None
+) -> tuple[Tensor, Tensor]:
+    return chunk.pla_encode(k_enc, v_enc, key_mask, enc_length)
 
 
-@_pla_encode_op.register_fake
-def _(k_enc: Tensor, v_enc: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    batch, _, heads, _ = k_enc.shape
-    dv = v_enc.shape[-1]
-    return (
-        v_enc.new_empty((batch, heads, EXPANDED_DIM, dv), dtype=torch.float32),
-        v_enc.new_empty((batch, heads, EXPANDED_DIM), dtype=torch.float32),
-    )
-
-
-@torch.library.custom_op("jrtc::pla_causal", mutates_args=())
+@triton_op("jrtc::pla_causal", mutates_args={})
 def _pla_causal_op(
     q: Tensor, k: Tensor, v: Tensor, kv0: Tensor, z0: Tensor, key_mask: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -50,33 +46,17 @@ def _pla_causal_op(
     return chunk.pla_causal(q, k, v, kv0, z0, key_mask)
 
 
-@_pla_causal_op.register_fake
-def _(
-    q: Tensor, k: Tensor, v: Tensor, kv0: Tensor, z0: Tensor, key_mask: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    batch, _, heads, _ = q.shape
-    dv = v.shape[-1]
-    return (
-        torch.empty_like(v),
-        v.new_empty((batch, heads, EXPANDED_DIM, dv), dtype=torch.float32),
-        v.new_empty((batch, heads, EXPANDED_DIM), dtype=torch.float32),
-    )
-
-
-@torch.library.custom_op("jrtc::pla_decode", mutates_args=())
+@triton_op("jrtc::pla_decode", mutates_args={})
 def _pla_decode_op(q: Tensor, k: Tensor, v: Tensor, kv: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return fused_recurrent.pla_decode(q, k, v, kv, z)
 
 
-@_pla_decode_op.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, kv: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return torch.empty_like(v), torch.empty_like(kv), torch.empty_like(z)
-
-
-def pla_encode(k_enc: Tensor, v_enc: Tensor, key_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Non-causal encoder state over M prefix tokens: k_enc [B,M,H,16], v_enc [B,M,H,dv], key_mask [B,M]
-    -> kv [B,H,153,dv], z [B,H,153] (fp32). Same as ``naive.pla_encode``."""
-    return torch.ops.jrtc.pla_encode(k_enc, v_enc, key_mask)
+def pla_encode(
+    k_enc: Tensor, v_enc: Tensor, key_mask: Tensor | None = None, enc_length: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Non-causal encoder state over the first ``enc_length`` of L tokens: k_enc [B,L,H,16], v_enc [B,L,H,dv],
+    key_mask [B,L] -> kv [B,H,153,dv], z [B,H,153] (fp32). Same as ``naive.pla_encode``."""
+    return torch.ops.jrtc.pla_encode(k_enc, v_enc, key_mask, enc_length)
 
 
 def pla_causal(

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# GPU check of the wide-tile prefill kernels (issue #9), from the repository root on a CUDA machine, in
+# at most 7.5 minutes (the step timeouts) on an H200:
+#   1. the interpreter case tables on CUDA at the larger shapes, both kernel families
+#      (tests/test_pla_chunk_ws.py and tests/test_pla_kernels.py, JRTC_PLA_TEST_DEVICE=cuda);
+#   2. benchmarks/prefill_kernels.py --sweep-ws: a short sweep of the new kernels' launch configs, then every
+#      case with today's kernels and the new ones side by side, same baselines (SDPA flash and cuDNN, fla
+#      fused_chunk_based and parallel_based when fla-core is installed);
+#   3. one Nsight Compute profile of each causal kernel at the JRT-RNN shape (B=16 H=16 T=32768 dv=64),
+#      summarized as memory, latency or issue bound.
+# Logs and JSON go to $OUT (default benchmarks/results). Reuses gpu_check.sh's setup (carried fla wheel,
+# jrtc.plugins importable). Steps keep going after a failure; the exit status is nonzero if any failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results}"
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check_ws.log"
+export PYTHONUNBUFFERED=1
+status=0
+step() { echo "=== $* ($(date -u +%H:%M:%S))" | tee -a "$LOG"; }
+
+step "environment"
+{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+} 2>&1 | tee -a "$LOG"
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  step "install carried wheels"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    2>&1 | tee -a "$LOG" && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! python3 -c "import jrtc.plugins.pla" 2>/dev/null; then
+  shim=/tmp/jrtc_shim
+  mkdir -p "$shim/extra"
+  ln -sfn "$PWD/plugins" "$shim/extra/plugins"
+  printf 'import jrtc\njrtc.__path__.append("%s/extra")\n' "$shim" > "$shim/sitecustomize.py"
+  export PYTHONPATH="$shim:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+step "kernel tests on CUDA"
+xdist=""; python3 -c "import xdist" 2>/dev/null && xdist="-n 8"
+JRTC_PLA_TEST_DEVICE=cuda timeout "${TEST_TIMEOUT:-90}" python3 -m pytest -q -p no:cacheprovider $xdist \
+  tests/test_pla_chunk_ws.py tests/test_pla_kernels.py 2>&1 | tee -a "$LOG" || status=1
+
+step "prefill benchmark (today's kernels and the wide-tile ones)"
+timeout "${PREFILL_TIMEOUT:-240}" python3 benchmarks/prefill_kernels.py --sweep-ws --out "$OUT" 2>&1 \
+  | tee -a "$LOG" || status=1
+
+NCU="$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)"
+if [ -z "$NCU" ]; then
+  step "ncu not found: profile skipped"; status=1
+else
+  STALLS=$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard short_scoreboard \
+    wait barrier mio_throttle math_pipe_throttle not_selected dispatch_stall lg_throttle no_instruction membar \
+    tex_throttle drain sleeping selected | sed 's/,$//')
+  for kernels in ws chunk; do
+    name=_ws_causal_kernel; [ "$kernels" = chunk ] && name=_pla_chunk_fwd_kernel
+    step "ncu: $name"
+    timeout "${NCU_TIMEOUT:-45}" "$NCU" --target-processes all -k "regex:$name" --launch-skip 1 --launch-count 1 \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats \
+      --metrics "$STALLS" --csv --page details python3 benchmarks/prefill_profile.py run --kernels "$kernels" \
+      > "$OUT/ncu_prefill_$kernels.csv" 2>> "$LOG" || status=1
+    python3 benchmarks/prefill_profile.py summary "$OUT/ncu_prefill_$kernels.csv" \
+      --json "$OUT/ncu_prefill_$kernels.json" 2>&1 | tee -a "$LOG" || status=1
+  done
+fi
+
+step "done (status $status)"
+exit $status
