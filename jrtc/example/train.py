@@ -22,6 +22,7 @@ import random
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ from jrtc.checkpoint import save_checkpoint
 from jrtc.config import JRTConfig
 from jrtc.example import EXAMPLE_DIR, SETTINGS
 from jrtc.example.recall_task import RecallTask, load_settings, row
+from jrtc.layers import PrefixLinearAttention
 from jrtc.model import JRTModel
+from jrtc.plugins.pla import naive
 from jrtc.runtime.eval import item_from_row
 
 IGNORE = -100
@@ -43,6 +46,49 @@ def model_settings(settings: dict[str, Any], name: str) -> tuple[JRTConfig, dict
     own = settings["models"][name]
     config = JRTConfig.from_dict({**settings["model"], **own["model"]})
     return config, {**settings["train"], **own.get("train", {})}, EXAMPLE_DIR / own["checkpoint"]
+
+
+def _kernel(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``phi(q_l) . phi(k_m)`` for all l, m: ``[B, L, H, 16] x [B, M, H, 16] -> [B, H, L, M]``. The Taylor map's
+    inner product is ``1 + s + s^2/2`` with ``s = q.k/4`` (``jrtc.plugins.pla.naive``)."""
+    s = torch.einsum("blhd,bmhd->bhlm", q.float(), k.float()) / 4
+    return 1 + s + 0.5 * s * s
+
+
+def quadratic_attention(
+    self: PrefixLinearAttention,
+    x: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    pos: torch.Tensor,
+    key_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``PrefixLinearAttention.forward`` for whole sequences from the empty state (training): the same
+    outputs, from the kernel on the 16-dim projections instead of the 153 Taylor features (about 4x less
+    work, forward and backward). The recurrent state is not computed (training never reads it)."""
+    heads = self._heads
+    q = heads(self.proj_q(x), self.feature_dim)
+    k = naive._mask_keys(heads(self.proj_k(x), self.feature_dim), key_mask)
+    length = x.shape[1]
+    scores = _kernel(q, k).masked_fill(~torch.ones(length, length, dtype=torch.bool, device=x.device).tril(), 0)
+    numerator = torch.einsum("bhlm,bmhe->blhe", scores, heads(self.proj_v(x), self.head_dim).float())
+    denominator = scores.sum(-1)
+    if self.enc_length > 0:  # every position also reads the first enc_length tokens, non-causally
+        k_enc = naive._mask_keys(heads(self.proj_k_enc(x), self.feature_dim), key_mask)
+        inside = torch.arange(length, device=x.device) < self.enc_length
+        enc_scores = _kernel(q, k_enc) * inside
+        numerator = numerator + torch.einsum(
+            "bhlm,bmhe->blhe", enc_scores, heads(self.proj_v_enc(x), self.head_dim).float()
+        )
+        denominator = denominator + enc_scores.sum(-1)
+    o = numerator / (denominator.transpose(1, 2)[..., None] + naive.EPS)
+    return self.out_proj(o.to(x.dtype).reshape(x.shape)), state
+
+
+def use_quadratic_attention(model: JRTModel) -> None:
+    """Train with :func:`quadratic_attention` in every PLA/LA layer (the checkpoint is unaffected)."""
+    for block in model.transformer.layers:
+        if isinstance(block.mixer, PrefixLinearAttention):
+            block.mixer.forward = types.MethodType(quadratic_attention, block.mixer)
 
 
 def training_row(
@@ -141,6 +187,7 @@ def train(
         if p.dim() > 1:
             torch.nn.init.normal_(p, std=0.02 if "embeddings" in pname else 1 / math.sqrt(p.shape[1]))
     model.to(device)  # initialised on the CPU: the same start on any device
+    use_quadratic_attention(model)
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
     warmup = train_cfg["warmup"]
     sched = torch.optim.lr_scheduler.LambdaLR(
