@@ -10,11 +10,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from jrtc.checkpoint import load_checkpoint
 from jrtc.example import BASED_CHECKPOINT, CHECKPOINT, SETTINGS
 from jrtc.example.recall_task import eval_rows, load_settings, load_task
-from jrtc.example.train import IGNORE, model_settings, training_row
+from jrtc.example.train import (
+    IGNORE,
+    make_batch,
+    model_settings,
+    training_row,
+    training_task,
+    use_quadratic_attention,
+)
+from jrtc.model import JRTModel
 from jrtc.runtime.eval import item_from_row
 
 
@@ -61,6 +70,27 @@ def test_training_rows_supervise_answers_only_after_the_encoder(name: str, twice
     answers = bytes(ids[first + 1 :]).decode().splitlines()
     assert len(answers) == min(train["queries_per_row"], len(context.split(", ")))
     assert all(len(a) == 1 or (len(a) == 3 and a[1] == ":") for a in answers)
+
+
+@pytest.mark.parametrize("name", ["jrt", "based"])
+def test_training_attention_gives_the_model_s_outputs(name: str) -> None:
+    """Training reads PLA/LA through the kernel on the 16-dim projections; the logits (and so the gradients)
+    must be those of the model's own forward, padded rows, encoder and all."""
+    config, train, _ = model_settings(load_settings(), name)
+    torch.manual_seed(0)
+    model = JRTModel(config)
+    for p in model.parameters():  # weights large enough that a wrong kernel shows
+        torch.nn.init.normal_(p, std=0.3)
+    rng = random.Random(5)
+    for twice in (False, True):
+        ids, mask, _ = make_batch(
+            rng, training_task(load_task(), train["min_pairs"]), 4, train["queries_per_row"], config, twice
+        )
+        expected = model(ids, mask)
+        trained = JRTModel(config)
+        trained.load_state_dict(model.state_dict())
+        use_quadratic_attention(trained)
+        torch.testing.assert_close(trained(ids, mask), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(("name", "checkpoint"), [("jrt", CHECKPOINT), ("based", BASED_CHECKPOINT)])
