@@ -1,10 +1,10 @@
 """The built-in examples' task: multi-query associative recall written as text.
 
-A context holds ``key:value`` pairs (``D:47, Q:05, K:83``): distinct one-letter keys, each with a distinct
-two-digit value. An evaluation row asks for one key, as an information-extraction row (``text``, ``key``,
+A context holds ``key:value`` pairs (``D:g, Q:a, K:t``): distinct one-letter keys, each with a distinct
+one-letter value. An evaluation row asks for one key, as an information-extraction row (``text``, ``key``,
 ``value``, the fields of the paper's FDA and SWDE sets), so ``jrtc eval`` reads it with the paper's templates:
-``D:47, Q:05, K:83. Q:`` read once, ``Information about Q. D:47, Q:05, K:83.\\nD:47, Q:05, K:83. Q:`` read
-twice, and the answer is ``05``. Training rows ask for every key of their context, one after the other.
+``D:g, Q:a, K:t. Q:`` read once, ``Information about Q. D:g, Q:a, K:t.\\nD:g, Q:a, K:t. Q:`` read twice,
+and the answer is ``a``. Training rows ask for every key of their context, one after the other.
 
 Nothing here imports torch: ``jrtc eval --task recall`` draws its rows with it.
 """

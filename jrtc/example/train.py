@@ -4,10 +4,11 @@ Both models learn the recall task of ``recall_task.py`` from the settings in ``s
 every setting but their linear-attention layers (JRT-RNN: prefix linear attention over an encoder of
 ``enc_length`` tokens; Based: causal linear attention, no encoder). A training row is the evaluation prompt
 of its first query (read once, or read twice for a ``read_twice_fraction`` of rows) followed by the answer
-and then every other key of the context as a further query, ``K:83\\n``: every answer is supervised
+and then every other key of the context as a further query, ``K:t\\n``: every answer is supervised
 (multi-query associative recall), the keys asked are not. Prompts are fed as at inference: shorter than
 ``enc_length`` -> left-padded with masked spaces. Answers always sit after the encoder region, so the
-non-causal encoder cannot see them.
+non-causal encoder cannot see them. Training reads the PLA/LA layers through :func:`quadratic_attention`
+(the same outputs, less work); the checkpoint is the plain model.
 """
 
 from __future__ import annotations
