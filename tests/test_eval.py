@@ -15,7 +15,7 @@ from jrtc.checkpoint import load_checkpoint
 from jrtc.cli import main
 from jrtc.errors import JrtcError
 from jrtc.example import BASED_CHECKPOINT, CHECKPOINT, EXAMPLE_DIR
-from jrtc.example.recall_task import context_text, eval_rows, load_task
+from jrtc.example.recall_task import context_text, eval_rows, load_settings, load_task
 from jrtc.model import JRTModel
 from jrtc.runtime.eval import answer_text, contains, item_from_row, read_jsonl
 
@@ -265,7 +265,8 @@ def test_shipped_examples_answer_what_the_table_recorded(engines: dict[str, Path
     recorded = json.loads(
         (Path(__file__).resolve().parents[1] / "benchmarks/results/example_accuracy.json").read_text()
     )["models"][name]
-    items = [item_from_row(r) for r in eval_rows(load_task(), 500, seed=1234)]
+    settings = load_settings()["eval"]
+    items = [item_from_row(r) for r in eval_rows(load_task(), settings["examples"], settings["seed"])]
     result = _cli(
         "eval", engines[name], "--task", "recall", "--limit", 100, "--json", "--show-answers", "--quiet"
     )
