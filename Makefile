@@ -1,7 +1,9 @@
-# Two commands do everything:  `make demo` (export + run the built-in example on the CPU), `make test`.
+# Two commands do everything:  `make demo` (export + run the built-in examples on the CPU), `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ENGINE := build/recall-engine
+BASED_ENGINE := build/recall-based-engine
+EXAMPLE := jrtc/example
 
 .PHONY: setup demo test lint
 
@@ -15,11 +17,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# Both examples answer every key of the demo context, read once and read twice; each answer is marked.
 demo: setup
-	rm -rf $(ENGINE)
-	$(VENV)/bin/jrtc info jrtc/example/recall.pt
-	$(VENV)/bin/jrtc export jrtc/example/recall.pt --target cpu --tokenizer bytes -o $(ENGINE)
-	$(VENV)/bin/jrtc run $(ENGINE) --prompt jrtc/example/context.txt --question "k:" --max-new-tokens 2 --show-prompt
+	rm -rf $(ENGINE) $(BASED_ENGINE)
+	$(VENV)/bin/jrtc info $(EXAMPLE)/recall.pt
+	$(VENV)/bin/jrtc export $(EXAMPLE)/recall.pt --target cpu --tokenizer bytes -o $(ENGINE) --quiet
+	$(VENV)/bin/jrtc export $(EXAMPLE)/recall-based.pt --target cpu --tokenizer bytes -o $(BASED_ENGINE) --quiet
+	$(VENV)/bin/jrtc run $(ENGINE) --prompt $(EXAMPLE)/context.txt --question "D:" --repeat 1 --max-new-tokens 2 --show-prompt
+	@echo "--- JRT-RNN ($(EXAMPLE)/recall.pt): every key of $(EXAMPLE)/context.txt ---"
+	$(VENV)/bin/jrtc eval $(ENGINE) --task $(EXAMPLE)/demo.jsonl --max-new-tokens 1 --show-answers --quiet
+	@echo "--- Based ($(EXAMPLE)/recall-based.pt): the same questions ---"
+	$(VENV)/bin/jrtc eval $(BASED_ENGINE) --task $(EXAMPLE)/demo.jsonl --max-new-tokens 1 --show-answers --quiet
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -16,6 +16,7 @@ from jrtc import __version__
 from jrtc.errors import JrtcError
 from jrtc.export.cli import build_command, export_command
 from jrtc.runtime.cli import run_command
+from jrtc.runtime.eval_cli import eval_command
 from jrtc.runtime.serve.cli import serve_command
 
 
@@ -121,6 +122,7 @@ def info(path: str, as_json: bool) -> None:
 
 main.add_command(export_command, "export")
 main.add_command(run_command, "run")
+main.add_command(eval_command, "eval")
 main.add_command(serve_command, "serve")
 main.add_command(build_command, "build")
 

@@ -1,7 +1,9 @@
 """JRT-Prompt: repeat the context before the model answers, and fill short prompts up to the encoder length.
 
-Templates follow the paper's evaluation code (reference jrt-model.md §4.2): the default prompt is
-``{ctx}. {question}`` and the JRT-Prompt one ``{question} {ctx}.\\n{ctx}. {question}``, generalised here to
+Templates follow the paper's evaluation code (``lm-eval-harness/lm_eval/tasks/based_*/task.py`` in
+https://github.com/HazyResearch/prefix-linear-attention): the default prompt is ``{ctx}. {question}`` and the
+JRT-Prompt one ``{lead} {ctx}.\\n{ctx}. {question}``, where the lead is the question itself, the dataset's
+original question, or "Information about {Key}." for the information-extraction tasks; generalised here to
 N copies of the context separated by newlines.
 """
 
@@ -25,19 +27,22 @@ class Prompt:
 
 
 def _sentence(context: str) -> str:
-    # The templates end each copy with "."; a context that already ends with one would get "..".
-    context = context.strip()
-    return context if context.endswith(".") else context + "."
+    # The templates end each copy with exactly one "." (the harness strips the context's own).
+    return context.strip().strip(".").strip() + "."
 
 
 def build_prompt(
-    context: str, question: str | None = None, repeat: int | None = None, pad: str = "left"
+    context: str,
+    question: str | None = None,
+    repeat: int | None = None,
+    pad: str = "left",
+    lead: str | None = None,
 ) -> Prompt:
     """The model input for ``context`` (and a ``question`` about it).
 
     Without a question the context is the prompt, verbatim. With one, ``repeat`` copies of the context
     (default 2, the paper's JRT-Prompt; 1 gives the default template) sit between the question and its
-    repeat. ``pad="read2x"`` fills the space before a prompt shorter than the encoder with copies of the
+    repeat; ``lead`` replaces the question before the first copy. ``pad="read2x"`` fills the space before a prompt shorter than the encoder with copies of the
     context instead of masked spaces (paper Table 4, "Read-2x").
     """
     if pad not in PAD_MODES:
@@ -56,7 +61,8 @@ def build_prompt(
         if copies == 1:
             text = f"{sentence} {question}"
         else:
-            text = f"{question} " + "\n".join([sentence] * copies) + f" {question}"
+            first = question if lead is None else lead.strip()
+            text = f"{first} " + "\n".join([sentence] * copies) + f" {question}"
         fill = sentence + "\n"
     return Prompt(text=text, fill=fill if pad == "read2x" else None)
 

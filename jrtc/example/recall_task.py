@@ -1,38 +1,68 @@
-"""Synthetic associative recall in plain text: a context of ``key:value`` pairs, then a query for one key.
+"""The built-in examples' task: multi-query associative recall written as text.
 
-Read once:   ``{context} {key}:``  -> ``{value}\\n``
-Read twice:  ``{key}: {context}\\n{context} {key}:`` (JRT-Prompt, the IE-task template of the paper)
+A context holds ``key:value`` pairs (``D:g, Q:a, K:t``): distinct one-letter keys, each with a distinct
+one-letter value. An evaluation row asks for one key, as an information-extraction row (``text``, ``key``,
+``value``, the fields of the paper's FDA and SWDE sets), so ``jrtc eval`` reads it with the paper's templates:
+``D:g, Q:a, K:t. Q:`` read once, ``Information about Q. D:g, Q:a, K:t.\\nD:g, Q:a, K:t. Q:`` read twice,
+and the answer is ``a``. Training rows ask for every key of their context, one after the other.
+
+Nothing here imports torch: ``jrtc eval --task recall`` draws its rows with it.
 """
 
 from __future__ import annotations
 
+import json
 import random
-import string
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jrtc.example import SETTINGS
 
 
 @dataclass(frozen=True)
-class RecallExample:
-    context: str
-    question: str
-    answer: str
+class RecallTask:
+    """How contexts are drawn (the ``task`` section of ``settings.json``)."""
 
-    def prompt(self, read_twice: bool) -> str:
-        if read_twice:
-            return f"{self.question} {self.context}\n{self.context} {self.question}"
-        return f"{self.context} {self.question}"
+    min_pairs: int
+    max_pairs: int
+    keys: str  # the alphabet of one-letter keys
+    values: str  # the alphabet of one-letter values
+
+    def draw_pairs(self, rng: random.Random) -> list[tuple[str, str]]:
+        """A context's pairs: distinct keys and distinct values, both uniform."""
+        n = rng.randint(self.min_pairs, self.max_pairs)
+        return list(zip(rng.sample(self.keys, n), rng.sample(self.values, n), strict=True))
+
+    @property
+    def answer_budget(self) -> int:
+        """New tokens an answer may take with a byte-level tokenizer: one, the value's letter (a longer
+        budget would let the lenient ``contains`` metric count a second guess)."""
+        return 1
 
 
-def make_example(
-    rng: random.Random, min_pairs: int, max_pairs: int, key_letters: int, value_digits: int
-) -> RecallExample:
-    n = rng.randint(min_pairs, max_pairs)
-    keys: list[str] = []
-    while len(keys) < n:
-        key = "".join(rng.choices(string.ascii_lowercase, k=key_letters))
-        if key not in keys:
-            keys.append(key)
-    values = ["".join(rng.choices(string.digits, k=value_digits)) for _ in keys]
-    context = ", ".join(f"{k}:{v}" for k, v in zip(keys, values, strict=True)) + "."
-    i = rng.randrange(n)
-    return RecallExample(context=context, question=f"{keys[i]}:", answer=values[i])
+def context_text(pairs: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{key}:{value}" for key, value in pairs)
+
+
+def row(pairs: list[tuple[str, str]], key: str) -> dict[str, str]:
+    """The evaluation row asking ``key`` of the context ``pairs``."""
+    return {"text": context_text(pairs), "key": key, "value": dict(pairs)[key]}
+
+
+def load_settings(path: Path = SETTINGS) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def load_task() -> RecallTask:
+    return RecallTask(**load_settings()["task"])
+
+
+def eval_rows(task: RecallTask, examples: int, seed: int) -> list[dict[str, str]]:
+    """``examples`` fresh rows, one per context, each asking a key drawn at random."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(examples):
+        pairs = task.draw_pairs(rng)
+        rows.append(row(pairs, rng.choice(pairs)[0]))
+    return rows

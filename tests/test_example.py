@@ -1,0 +1,119 @@
+"""The built-in examples: their task, their training rows, the script that trains them, and that the shipped
+checkpoints are the models the settings describe."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from jrtc.checkpoint import load_checkpoint
+from jrtc.example import BASED_CHECKPOINT, CHECKPOINT, SETTINGS
+from jrtc.example.recall_task import eval_rows, load_settings, load_task
+from jrtc.example.train import (
+    IGNORE,
+    make_batch,
+    model_settings,
+    training_row,
+    training_task,
+    use_quadratic_attention,
+)
+from jrtc.model import JRTModel
+from jrtc.runtime.eval import item_from_row
+
+
+def test_task_draws_distinct_keys_and_values() -> None:
+    task = load_task()
+    rng = random.Random(0)
+    for _ in range(200):
+        pairs = task.draw_pairs(rng)
+        keys, values = zip(*pairs, strict=True)
+        assert task.min_pairs <= len(pairs) <= task.max_pairs
+        assert len(set(keys)) == len(keys) and len(set(values)) == len(values)
+        assert set(keys) <= set(task.keys) and set(values) <= set(task.values)
+
+
+def test_eval_rows_are_fresh_and_reproducible() -> None:
+    task = load_task()
+    rows = eval_rows(task, 50, seed=1)
+    assert rows == eval_rows(task, 50, seed=1)
+    assert len({r["text"] for r in rows}) == 50
+    for row in rows:
+        assert f"{row['key']}:{row['value']}" in row["text"]
+
+
+@pytest.mark.parametrize("name", ["jrt", "based"])
+@pytest.mark.parametrize("twice", [False, True])
+def test_training_rows_supervise_answers_only_after_the_encoder(name: str, twice: bool) -> None:
+    settings = load_settings()
+    config, train, _ = model_settings(settings, name)
+    rng = random.Random(3)
+    ids, targets, pads = training_row(
+        rng, load_task(), twice, train["queries_per_row"], config.enc_length, 32
+    )
+    assert len(ids) == len(targets)
+    assert all(t == IGNORE or t == ids[i + 1] for i, t in enumerate(targets[:-1]))  # next-token targets
+    first = next(i for i, t in enumerate(targets) if t != IGNORE)
+    text = bytes(ids[pads : first + 1]).decode()
+    # The prompt is the evaluation prompt of the first query, left-padded with spaces up to enc_length ...
+    context, question = text.rsplit(". ", 1)[0].split("\n")[-1], text.rsplit(" ", 1)[-1]
+    item = item_from_row({"text": context, "key": question[0], "value": "?"})
+    assert text == item.prompt(2 if twice else 1).text
+    assert pads == max(config.enc_length - len(text), 0) and set(ids[:pads]) <= {32}
+    # ... and every supervised token lies past the encoder region, which the non-causal encoder sees whole.
+    assert first + 1 >= config.enc_length
+    answers = bytes(ids[first + 1 :]).decode().splitlines()
+    assert len(answers) == min(train["queries_per_row"], len(context.split(", ")))
+    assert all(len(a) == 1 or (len(a) == 3 and a[1] == ":") for a in answers)
+
+
+@pytest.mark.parametrize("name", ["jrt", "based"])
+def test_training_attention_gives_the_model_s_outputs(name: str) -> None:
+    """Training reads PLA/LA through the kernel on the 16-dim projections; the logits (and so the gradients)
+    must be those of the model's own forward, padded rows, encoder and all."""
+    config, train, _ = model_settings(load_settings(), name)
+    torch.manual_seed(0)
+    model = JRTModel(config)
+    for p in model.parameters():  # weights large enough that a wrong kernel shows
+        torch.nn.init.normal_(p, std=0.3)
+    rng = random.Random(5)
+    for twice in (False, True):
+        ids, mask, _ = make_batch(
+            rng, training_task(load_task(), train["min_pairs"]), 4, train["queries_per_row"], config, twice
+        )
+        expected = model(ids, mask)
+        trained = JRTModel(config)
+        trained.load_state_dict(model.state_dict())
+        use_quadratic_attention(trained)
+        torch.testing.assert_close(trained(ids, mask), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("name", "checkpoint"), [("jrt", CHECKPOINT), ("based", BASED_CHECKPOINT)])
+def test_shipped_checkpoints_are_the_models_of_the_settings(name: str, checkpoint: Path) -> None:
+    config, _, path = model_settings(load_settings(), name)
+    assert path == checkpoint
+    assert load_checkpoint(checkpoint).config == config
+    assert ("pla" in config.layer_types) == (name == "jrt") and ("la" in config.layer_types) == (
+        name == "based"
+    )
+
+
+def test_training_script_writes_a_checkpoint_and_its_curve(tmp_path: Path) -> None:
+    out, curve = tmp_path / "model.pt", tmp_path / "curve.json"
+    settings = json.loads(SETTINGS.read_text())
+    settings["train"].update(batch_size=2, log_every=1)
+    small = tmp_path / "settings.json"
+    small.write_text(json.dumps(settings))
+    subprocess.run(
+        [sys.executable, "-m", "jrtc.example.train", "jrt", "--settings", small, "--steps", "2"]
+        + ["--out", out, "--curve", curve, "--quiet"],
+        check=True,
+    )
+    assert load_checkpoint(out).config == model_settings(settings, "jrt")[0]
+    report = json.loads(curve.read_text())
+    assert [p["step"] for p in report["curve"]] == [1, 2] and report["steps"] == 2
