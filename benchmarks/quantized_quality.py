@@ -3,16 +3,16 @@ checkpoint, for the built-in example and a random checkpoint in the original Hug
 
     python benchmarks/quantized_quality.py [--steps 256] [--examples 500] [--block-sizes 16,32,64] [--quiet]
 
-Per engine, after one prompt (the example: a JRT-Prompt over ``jrtc/example/context.txt``; the random model:
-40 random tokens):
+Per engine, after one prompt (the example: the first row of ``jrtc/example/demo.jsonl`` read twice, the
+paper's template; the random model: 40 random tokens):
 
 * teacher-forced: the fp32 engine decodes ``--steps`` greedy tokens; the quantized engine is fed the same
   tokens, and at every step its top-1 token is compared with fp32's (agreement) and its logits too (max and
   mean absolute error, beside the spread of the fp32 logits);
 * free-running: the quantized engine decodes greedily on its own; the first step whose token differs.
 
-The example's recall accuracy, context read once and read twice (the task and settings of
-``jrtc/example/evaluate.py``, answered through each engine's session), sits beside that of the PyTorch model.
+The example's recall accuracy, context read once and read twice, is ``jrtc eval ENGINE --task recall``'s
+(the settings' fresh prompts, the paper's templates and metric) for the fp32, int8 and int4 engines.
 Results go to ``benchmarks/results/quantized_quality.json``.
 """
 
@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
@@ -39,12 +38,13 @@ sys.path.insert(0, str(ROOT / "tests"))  # the random HF-layout checkpoint of th
 from jrt_fixtures import hf_config, random_state_dict, write_hf_checkpoint  # noqa: E402
 
 from jrtc.checkpoint import load_checkpoint  # noqa: E402
-from jrtc.example import CHECKPOINT, EXAMPLE_DIR, SETTINGS  # noqa: E402
-from jrtc.example.evaluate import evaluate  # noqa: E402
-from jrtc.example.recall_task import make_example  # noqa: E402
+from jrtc.example import CHECKPOINT, EXAMPLE_DIR  # noqa: E402
+from jrtc.example.recall_task import load_settings  # noqa: E402
 from jrtc.export.build import export_engine  # noqa: E402
 from jrtc.export.quantize import DEFAULT_BLOCK_SIZE  # noqa: E402
-from jrtc.runtime import Engine, SamplingParams, build_prompt  # noqa: E402
+from jrtc.runtime import Engine  # noqa: E402
+from jrtc.runtime.eval import evaluate, item_from_row  # noqa: E402
+from jrtc.runtime.eval_cli import BUILT_IN_TASK, load_items  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "quantized_quality.json"
 HF_MIX = ["conv", "pla", "swa", "conv"]
@@ -89,40 +89,31 @@ def compare(reference: tuple[np.ndarray, np.ndarray], engine: Engine, prompt: li
     }
 
 
-def recall_accuracy(engine: Engine, examples: int, seed: int) -> dict[str, float]:
-    """The example's recall accuracy through ``engine``: the tasks, seed and answer budget of
-    ``jrtc.example.evaluate``, greedy, the answer being what comes before the first newline."""
-    task = json.loads(SETTINGS.read_text())["task"]
-    rng = random.Random(seed)
-    tasks = [make_example(rng, **task) for _ in range(examples)]
-    params = SamplingParams(max_new_tokens=task["value_digits"] + 1)
-    session = engine.session()
-    accuracy = {}
-    for name, twice in (("read_once", False), ("read_twice", True)):
-        requests = [session.request(t.prompt(read_twice=twice), params) for t in tasks]
-        texts = {id(r): "" for r in requests}
-        for token in session.stream(requests):
-            texts[id(token.request)] += token.text
-        answers = [texts[id(r)].split("\n")[0] for r in requests]
-        accuracy[name] = sum(a == t.answer for a, t in zip(answers, tasks, strict=True)) / examples
-    return accuracy
+def example_prompt() -> list[int]:
+    """The example's prompt: the demo's first row, read twice (the paper's template), as bytes."""
+    row = json.loads((EXAMPLE_DIR / "demo.jsonl").read_text().splitlines()[0])
+    return list(item_from_row(row).prompt(2).text.encode())
+
+
+def recall_accuracy(engine: Engine, examples: int) -> dict[str, float]:
+    """``jrtc eval ENGINE --task recall --limit examples`` through ``engine``: accuracy read once and twice."""
+    items, budget = load_items(BUILT_IN_TASK, examples)
+    readings = {"read_once": 1, "read_twice": 2}
+    return {name: evaluate(engine, items, repeat, budget).accuracy for name, repeat in readings.items()}
 
 
 def _models(workdir: Path) -> dict[str, tuple[Path, list[int], int]]:
     """name -> (checkpoint, prompt ids, d_model)."""
     hf = hf_config(HF_MIX)
     random_checkpoint = write_hf_checkpoint(workdir / "hf-random", hf, random_state_dict(hf))
-    context = (EXAMPLE_DIR / "context.txt").read_text()
-    example_prompt = list(build_prompt(context, "k:").text.encode())
     random_prompt = np.random.default_rng(0).integers(0, hf["vocab_size"], 40).tolist()
     return {
-        "example": (CHECKPOINT, example_prompt, load_checkpoint(CHECKPOINT).config.d_model),
+        "example": (CHECKPOINT, example_prompt(), load_checkpoint(CHECKPOINT).config.d_model),
         "hf-random": (random_checkpoint, random_prompt, hf["n_embd"]),
     }
 
 
 def run(steps: int, examples: int, block_sizes: list[int], log: Callable[[str], None]) -> dict[str, Any]:
-    seed = json.loads(SETTINGS.read_text())["eval"]["seed"]
     results: list[dict[str, Any]] = []
     recall: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="jrtc-quality-") as tmp:
@@ -155,14 +146,10 @@ def run(steps: int, examples: int, block_sizes: list[int], log: Callable[[str], 
                 )
                 results.append(row)
             if name == "example":
-                log(f"example: recall accuracy, {examples} examples: PyTorch")
-                recall.append(
-                    {"engine": "pytorch fp32", **evaluate(load_checkpoint(checkpoint), examples, seed)}
-                )
                 for (weights, block), engine in engines.items():
                     if block in (None, DEFAULT_BLOCK_SIZE):
                         log(f"example: recall accuracy, {examples} examples: {weights} engine")
-                        recall.append({"engine": weights, **recall_accuracy(engine, examples, seed)})
+                        recall.append({"engine": weights, **recall_accuracy(engine, examples)})
                         log(f"example: {recall[-1]}")
     return {
         "benchmark": "quantized_quality",
@@ -171,14 +158,18 @@ def run(steps: int, examples: int, block_sizes: list[int], log: Callable[[str], 
         "default_block_size": DEFAULT_BLOCK_SIZE,
         "example_checkpoint": str(CHECKPOINT.relative_to(ROOT)),
         "results": results,
-        "example_recall": {"examples": examples, "seed": seed, "accuracy": recall},
+        "example_recall": {
+            "examples": examples,
+            "command": "jrtc eval ENGINE --task recall",
+            "accuracy": recall,
+        },
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=256)
-    parser.add_argument("--examples", type=int, default=json.loads(SETTINGS.read_text())["eval"]["examples"])
+    parser.add_argument("--examples", type=int, default=load_settings()["eval"]["examples"])
     parser.add_argument("--block-sizes", default="16,32,64")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
