@@ -170,14 +170,16 @@ def test_device_sampler_draws_the_host_samplers_tokens(seed: int) -> None:
         assert torch_sampling.sample(torch.from_numpy(logits), draws) == host
 
 
-def test_kernel_programs_trace_with_their_full_shape_ranges() -> None:
+def test_kernel_programs_trace_with_their_full_shape_ranges(tmp_path: Path) -> None:
     """The cuda target's programs (the model with the Triton kernels), traced here with the kernels run by the
     interpreter: the kernel ops stay whole in the graph, and their launch code adds no guard on B or L (a
-    heuristic reading a shape would have narrowed the ranges or failed the export)."""
+    heuristic reading a shape would have narrowed the ranges or failed the export). The model has every
+    layer type (the built-in example has no sliding-window layer)."""
     from jrtc.checkpoint import load_checkpoint
     from jrtc.export.aoti import export_program
 
-    model = load_checkpoint(CHECKPOINT, use_kernels=True)
+    hf = hf_config(**MODELS["random-jrt"][0])
+    model = load_checkpoint(write_hf_checkpoint(tmp_path / "ckpt", hf, random_state_dict(hf)), use_kernels=True)
     kernels = {"jrtc.pla_encode.default", "jrtc.pla_causal.default", "jrtc.sliding_window_attention.default"}
     programs = [
         ("prefill", [(1, 4), (2, 160)], kernels),
