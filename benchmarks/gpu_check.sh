@@ -12,35 +12,13 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl fla-core==0.6.0
 # (fla-core's only other requirement, einops, is usually installed already.)
-set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-benchmarks/results}"
-mkdir -p "$OUT"
-LOG="$OUT/gpu_check.log"
-export PYTHONUNBUFFERED=1
-status=0
-step() { echo "=== $* ($(date -u +%H:%M:%S))" | tee -a "$LOG"; }
+. benchmarks/gpu_common.sh gpu_check
 
-step "environment"
-{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-} 2>&1 | tee -a "$LOG"
-
-if ls .whl/*.whl >/dev/null 2>&1; then
-  step "install carried wheels"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    2>&1 | tee -a "$LOG" && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
+install_carried_wheels
 
 step "make jrtc.plugins importable"
-if ! python3 -c "import jrtc.plugins.pla" 2>/dev/null; then
-  # The package maps jrtc.plugins to plugins/ at install time; without installing, extend jrtc's path.
-  shim=/tmp/jrtc_shim
-  mkdir -p "$shim/extra"
-  ln -sfn "$PWD/plugins" "$shim/extra/plugins"
-  printf 'import jrtc\njrtc.__path__.append("%s/extra")\n' "$shim" > "$shim/sitecustomize.py"
-  export PYTHONPATH="$shim:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
+plugins_shim
 python3 -c "import jrtc.plugins.pla.ops, fla; print('jrtc.plugins ok; fla', fla.__version__)" 2>&1 | tee -a "$LOG"
 
 step "kernel tests on CUDA"

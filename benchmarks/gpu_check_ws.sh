@@ -8,34 +8,13 @@
 #      fused_chunk_based and parallel_based when fla-core is installed);
 #   3. one Nsight Compute profile of each causal kernel at the JRT-RNN shape (B=16 H=16 T=32768 dv=64),
 #      summarized as memory, latency or issue bound.
-# Logs and JSON go to $OUT (default benchmarks/results). Reuses gpu_check.sh's setup (carried fla wheel,
-# jrtc.plugins importable). Steps keep going after a failure; the exit status is nonzero if any failed.
-set -uo pipefail
+# Logs and JSON go to $OUT (default benchmarks/results). Shares gpu_check.sh's setup (benchmarks/gpu_common.sh:
+# carried fla wheel, jrtc.plugins importable). Steps keep going after a failure; the exit status is nonzero if any failed.
 cd "$(dirname "$0")/.."
-OUT="${OUT:-benchmarks/results}"
-mkdir -p "$OUT"
-LOG="$OUT/gpu_check_ws.log"
-export PYTHONUNBUFFERED=1
-status=0
-step() { echo "=== $* ($(date -u +%H:%M:%S))" | tee -a "$LOG"; }
+. benchmarks/gpu_common.sh gpu_check_ws
 
-step "environment"
-{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-} 2>&1 | tee -a "$LOG"
-
-if ls .whl/*.whl >/dev/null 2>&1; then
-  step "install carried wheels"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    2>&1 | tee -a "$LOG" && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-if ! python3 -c "import jrtc.plugins.pla" 2>/dev/null; then
-  shim=/tmp/jrtc_shim
-  mkdir -p "$shim/extra"
-  ln -sfn "$PWD/plugins" "$shim/extra/plugins"
-  printf 'import jrtc\njrtc.__path__.append("%s/extra")\n' "$shim" > "$shim/sitecustomize.py"
-  export PYTHONPATH="$shim:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
+install_carried_wheels
+plugins_shim
 
 step "kernel tests on CUDA"
 xdist=""; python3 -c "import xdist" 2>/dev/null && xdist="-n 8"

@@ -9,23 +9,13 @@
 #      to the PyTorch model with the kernels, each against its bound),
 # writing logs and JSON under $OUT (default benchmarks/results). Steps keep going after a failure; the exit
 # status is nonzero if any step failed.
-set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-benchmarks/results}"
+. benchmarks/gpu_common.sh gpu_engine
 WORK="${WORK:-/tmp/jrtc-gpu-engine}"
-mkdir -p "$OUT" "$WORK"
-LOG="$OUT/gpu_engine.log"
-export PYTHONUNBUFFERED=1 TORCHINDUCTOR_COMPILE_THREADS="${TORCHINDUCTOR_COMPILE_THREADS:-16}"
-status=0
-step() { echo "=== $* ($(date -u +%H:%M:%S))" | tee -a "$LOG"; }
+mkdir -p "$WORK"
+export TORCHINDUCTOR_COMPILE_THREADS="${TORCHINDUCTOR_COMPILE_THREADS:-16}"
 
-step "environment"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-} 2>&1 | tee -a "$LOG"
-
-step "install jrtc (no dependencies)"
-python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2 | tee -a "$LOG"
+install_jrtc
 python3 -c "import jrtc.plugins.swa.ops, jrtc.runtime.backends.aoti; print('jrtc ok')" 2>&1 | tee -a "$LOG" || status=1
 
 step "sliding-window kernel tests on CUDA"

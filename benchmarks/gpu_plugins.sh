@@ -9,22 +9,11 @@
 #      outputs bitwise equal to the Triton-launched kernel and within bf16 bounds of naive.
 # Logs and JSON go under $OUT (default benchmarks/results). The exit status is nonzero if any step failed.
 # Not yet run: no GPU was lent to the session that wrote it.
-set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-benchmarks/results}"
-mkdir -p "$OUT"
-LOG="$OUT/gpu_plugins.log"
-export PYTHONUNBUFFERED=1
-status=0
-step() { echo "=== $* ($(date -u +%H:%M:%S))" | tee -a "$LOG"; }
+. benchmarks/gpu_common.sh gpu_plugins
+python3 -c "import cupy; print('cupy', cupy.__version__)" 2>&1 | tee -a "$LOG"
 
-step "environment"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch, triton, cupy; print('torch', torch.__version__, 'triton', triton.__version__, 'cupy', cupy.__version__)"
-} 2>&1 | tee -a "$LOG"
-
-step "install jrtc (no dependencies)"
-python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2 | tee -a "$LOG"
+install_jrtc
 
 step "kernel tests on CUDA"
 JRTC_PLA_TEST_DEVICE=cuda timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_conv_kernel.py \
