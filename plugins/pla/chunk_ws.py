@@ -451,16 +451,6 @@ def _block_v(dv: int, block_v: int | None) -> int:
     return block_v if block_v is not None else 64
 
 
-def _causal_segments(programs: int, length: int, chunk_len: int, device: torch.device) -> int:
-    """Sequence segments per (b, h): as ``chunk._num_segments``, about two programs per SM when the
-    (value tile, b*h) programs alone leave SMs idle, each segment at least 4 chunks long. A split costs an
-    extra launch and one more pass over k and v. Symbolic shapes (torch.export) take the unsplit path."""
-    sms = num_sms(device)
-    if symbolic(programs, length) or programs >= sms:
-        return 1
-    return max(1, min((2 * sms) // programs, length // (4 * chunk_len)))
-
-
 def _encoder_segments(programs: int, count: int, chunk_len: int, device: torch.device) -> int:
     """Split-K segments of the encoder: none (one launch) once the programs fill the SMs, else up to ~2 per
     SM with at least 8 chunks each. Symbolic shapes take one segment."""
@@ -594,7 +584,8 @@ def pla_causal_with(
     nv = triton.cdiv(dv, bv)
     nseg = config.num_segments
     if nseg is None:
-        nseg = _causal_segments(nv * batch * heads, length, config.chunk, v.device)
+        # chunk.py's rule: about two programs per SM when the programs leave SMs idle, segments of >= 4 chunks
+        nseg = chunk._num_segments(nv * batch * heads, length, config.chunk, v.device, min_chunks=4)
     seg_len, nseg = _segment_length(length, nseg, config.chunk)
     # Split path: the states of all segments but the last, which each causal program sums up to its own.
     st_kv, st_z = kv0, z0  # never read when not split
