@@ -5,12 +5,15 @@
 Exports ``recall.pt`` (JRT-RNN) and ``recall-based.pt`` (Based) with ``jrtc export --target cpu``, runs
 ``jrtc eval ENGINE --task recall --json --show-answers`` on each (the settings' 500 fresh prompts), and writes
 ``benchmarks/results/example_accuracy.json``: the two readings per model, accuracy by the number of pairs
-in the context, every answer, the training facts from ``example_training_{jrt,based}.json`` and the machine.
+in the context, every answer, the training facts from ``example_training_{jrt,based}.json`` and the machine;
+then the same on as many prompts with longer contexts than training held (13 to 26 pairs, through a JSONL
+file), where a model's recurrent state must hold more.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -38,6 +41,28 @@ def by_pairs(rows: list[dict[str, str]], answers: list[dict[str, Any]], read: st
     return {str(n): round(sum(r) / len(r), 3) for n, r in sorted(right.items())}
 
 
+def evaluate(engine: Path, task_args: list[str]) -> dict[str, Any]:
+    """``jrtc eval ENGINE TASK_ARGS --json --show-answers``'s report."""
+    out = subprocess.run(
+        [*JRTC, "eval", engine, *task_args, "--json", "--show-answers", "--quiet"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out)
+
+
+def readings(report: dict[str, Any], rows: list[dict[str, str]]) -> dict[str, Any]:
+    """The two readings of a report: accuracy and speed, and accuracy by number of pairs."""
+    return {
+        "readings": {
+            {1: "once", 2: "twice"}[r["repeat"]]: {k: v for k, v in r.items() if k != "repeat"}
+            for r in report["readings"]
+        },
+        "accuracy_by_pairs": {read: by_pairs(rows, report["answers"], read) for read in ("once", "twice")},
+    }
+
+
 def measure(name: str, checkpoint: Path, limit: int | None, workdir: Path) -> dict[str, Any]:
     engine = workdir / name
     subprocess.run(
@@ -45,15 +70,15 @@ def measure(name: str, checkpoint: Path, limit: int | None, workdir: Path) -> di
         check=True,
     )
     limit_args = ["--limit", str(limit)] if limit else []
-    out = subprocess.run(
-        [*JRTC, "eval", engine, "--task", "recall", "--json", "--show-answers", "--quiet", *limit_args],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    report = json.loads(out)
+    report = evaluate(engine, ["--task", "recall", *limit_args])
     settings = load_settings()["eval"]
-    rows = eval_rows(load_task(), report["examples"], settings["seed"])
+    task = load_task()
+    rows = eval_rows(task, report["examples"], settings["seed"])
+    # Beyond training: contexts of more pairs than any training row held, up to every key of the alphabet.
+    longer = dataclasses.replace(task, min_pairs=task.max_pairs + 1, max_pairs=len(task.keys))
+    longer_rows = eval_rows(longer, report["examples"], settings["seed"])
+    longer_file = workdir / f"{name}-longer.jsonl"
+    longer_file.write_text("".join(json.dumps(r) + "\n" for r in longer_rows))
     training_file = RESULTS / f"example_training_{name}.json"
     training = json.loads(training_file.read_text()) if training_file.exists() else {}
     return {
@@ -61,13 +86,14 @@ def measure(name: str, checkpoint: Path, limit: int | None, workdir: Path) -> di
         "checkpoint_bytes": checkpoint.stat().st_size,
         "command": f"jrtc eval ENGINE --task recall --json{' ' + ' '.join(limit_args) if limit else ''}",
         "examples": report["examples"],
-        "readings": {
-            {1: "once", 2: "twice"}[r["repeat"]]: {k: v for k, v in r.items() if k != "repeat"}
-            for r in report["readings"]
-        },
-        "accuracy_by_pairs": {read: by_pairs(rows, report["answers"], read) for read in ("once", "twice")},
+        **readings(report, rows),
         # every greedy answer, in prompt order: tests/test_eval.py checks the shipped engines still give them
         "answers": {read: [a[read]["answer"] for a in report["answers"]] for read in ("once", "twice")},
+        "longer_contexts": {
+            "pairs": [longer.min_pairs, longer.max_pairs],
+            "command": "jrtc eval ENGINE --task LONGER.jsonl --json (rows drawn as the task's, eval seed)",
+            **readings(evaluate(engine, ["--task", str(longer_file)]), longer_rows),
+        },
         "training": {k: training.get(k) for k in ("command", "steps", "seconds", "cpu_seconds", "machine")}
         | {"load_average_start_end": training.get("load_average_start_end")},
     }
@@ -93,7 +119,11 @@ def main() -> None:
     write_json(RESULTS / "example_accuracy.json", result)
     for name, model in models.items():
         once, twice = model["readings"]["once"], model["readings"]["twice"]
-        print(f"{name}: read once {once['accuracy']:.1%}, read twice {twice['accuracy']:.1%}")
+        longer = model["longer_contexts"]["readings"]
+        print(
+            f"{name}: read once {once['accuracy']:.1%}, read twice {twice['accuracy']:.1%}; "
+            f"longer contexts {longer['once']['accuracy']:.1%} / {longer['twice']['accuracy']:.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ checkpoints are the models the settings describe."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import subprocess
@@ -12,16 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from jrtc.checkpoint import load_checkpoint
+from jrtc.checkpoint import load_checkpoint, save_checkpoint
 from jrtc.example import BASED_CHECKPOINT, CHECKPOINT, SETTINGS
 from jrtc.example.recall_task import eval_rows, load_settings, load_task
 from jrtc.example.train import (
     IGNORE,
+    Curriculum,
+    answers_right,
     make_batch,
     model_settings,
     training_row,
-    training_task,
     use_quadratic_attention,
+    warm_start,
 )
 from jrtc.model import JRTModel
 from jrtc.runtime.eval import item_from_row
@@ -83,14 +86,50 @@ def test_training_attention_gives_the_model_s_outputs(name: str) -> None:
         torch.nn.init.normal_(p, std=0.3)
     rng = random.Random(5)
     for twice in (False, True):
-        ids, mask, _ = make_batch(
-            rng, training_task(load_task(), train["min_pairs"]), 4, train["queries_per_row"], config, twice
-        )
+        curriculum = Curriculum(load_task(), train["min_pairs"], train["start_max_pairs"], train["grow_at"])
+        ids, mask, _ = make_batch(rng, curriculum.task, 4, train["queries_per_row"], config, twice)
         expected = model(ids, mask)
         trained = JRTModel(config)
         trained.load_state_dict(model.state_dict())
         use_quadratic_attention(trained)
         torch.testing.assert_close(trained(ids, mask), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_curriculum_grows_the_contexts_only_after_the_model_answers() -> None:
+    task = load_task()
+    curriculum = Curriculum(task, min_pairs=2, start_max_pairs=4, grow_at=0.9)
+    assert (curriculum.task.min_pairs, curriculum.task.max_pairs) == (2, 4)
+    curriculum.update(0.89)  # the bag of values, not yet recall: stay
+    assert curriculum.task.max_pairs == 4
+    for _ in range(20):
+        curriculum.update(0.9)
+    assert curriculum.task == dataclasses.replace(task, min_pairs=2)  # up to the task's most, no further
+
+
+def test_answers_right_counts_the_value_letters_only() -> None:
+    targets = torch.tensor([[IGNORE, ord("a"), ord("\n"), IGNORE, ord("b"), ord("\n")]])
+    logits = torch.zeros(1, 6, 256)
+    logits[0, 1, ord("a")] = logits[0, 4, ord("c")] = 1  # first right, second wrong; newlines not counted
+    assert answers_right(logits, targets) == (1, 2)
+
+
+def test_warm_start_takes_the_based_weights_and_copies_the_decoder_into_the_encoder(tmp_path: Path) -> None:
+    settings = load_settings()
+    jrt_config, _, _ = model_settings(settings, "jrt")
+    based_config, _, _ = model_settings(settings, "based")
+    torch.manual_seed(0)
+    based = JRTModel(based_config)
+    save_checkpoint(based, tmp_path / "based.pt")
+    jrt = JRTModel(jrt_config)
+    warm_start(jrt, tmp_path / "based.pt")
+    source, started = based.state_dict(), jrt.state_dict()
+    for name, tensor in started.items():
+        torch.testing.assert_close(tensor, source[name.replace("_enc.", ".")], rtol=0, atol=0)
+    assert any("_enc." in name for name in started)
+    other = dataclasses.replace(based_config, d_model=32, n_inner=128)
+    save_checkpoint(JRTModel(other), tmp_path / "small.pt")
+    with pytest.raises(SystemExit, match="cannot start this model: no tensor .* of shape"):
+        warm_start(jrt, tmp_path / "small.pt")
 
 
 @pytest.mark.parametrize(("name", "checkpoint"), [("jrt", CHECKPOINT), ("based", BASED_CHECKPOINT)])

@@ -7,8 +7,13 @@ of its first query (read once, or read twice for a ``read_twice_fraction`` of ro
 and then every other key of the context as a further query, ``K:t\\n``: every answer is supervised
 (multi-query associative recall), the keys asked are not. Prompts are fed as at inference: shorter than
 ``enc_length`` -> left-padded with masked spaces. Answers always sit after the encoder region, so the
-non-causal encoder cannot see them. Training reads the PLA/LA layers through :func:`quadratic_attention`
-(the same outputs, less work); the checkpoint is the plain model.
+non-causal encoder cannot see them. Contexts grow from a few pairs as the model learns
+(:class:`Curriculum`). Training reads the PLA/LA layers through :func:`quadratic_attention` (the same
+outputs, less work); the checkpoint is the plain model.
+
+Train Based first: the JRT-RNN's settings start it from ``recall-based.pt`` (``init_from``, see
+:func:`warm_start`), because from scratch it did not leave the plateau of answering any of the context's
+values within 4,000 steps on the CPU (``benchmarks/results/example_training_notes.md``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from jrtc.checkpoint import save_checkpoint
+from jrtc.checkpoint import load_checkpoint, save_checkpoint
 from jrtc.config import JRTConfig
 from jrtc.example import EXAMPLE_DIR, SETTINGS
 from jrtc.example.recall_task import RecallTask, load_settings, row
@@ -56,6 +61,21 @@ def _kernel(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return 1 + s + 0.5 * s * s
 
 
+def warm_start(model: JRTModel, checkpoint: Path) -> None:
+    """Start ``model`` from another example's weights: every tensor of the same name; the encoder's
+    projections, which a Based checkpoint lacks, are copies of the decoder's, so that the encoder starts by
+    reading the prompt the way the decoder learnt to."""
+    source = load_checkpoint(checkpoint).state_dict()
+    weights = {}
+    for name, tensor in model.state_dict().items():
+        weights[name] = source.get(name, source.get(name.replace("_enc.", ".")))
+        if weights[name] is None or weights[name].shape != tensor.shape:
+            raise SystemExit(
+                f"{checkpoint} cannot start this model: no tensor {name} of shape {list(tensor.shape)}"
+            )
+    model.load_state_dict(weights)
+
+
 def quadratic_attention(
     self: PrefixLinearAttention,
     x: torch.Tensor,
@@ -70,7 +90,9 @@ def quadratic_attention(
     q = heads(self.proj_q(x), self.feature_dim)
     k = naive._mask_keys(heads(self.proj_k(x), self.feature_dim), key_mask)
     length = x.shape[1]
-    scores = _kernel(q, k).masked_fill(~torch.ones(length, length, dtype=torch.bool, device=x.device).tril(), 0)
+    scores = _kernel(q, k).masked_fill(
+        ~torch.ones(length, length, dtype=torch.bool, device=x.device).tril(), 0
+    )
     numerator = torch.einsum("bhlm,bmhe->blhe", scores, heads(self.proj_v(x), self.head_dim).float())
     denominator = scores.sum(-1)
     if self.enc_length > 0:  # every position also reads the first enc_length tokens, non-causally
@@ -117,10 +139,22 @@ def training_row(
     return ids, targets + [IGNORE], pads
 
 
-def training_task(task: RecallTask, min_pairs: int) -> RecallTask:
-    """Training contexts hold from ``min_pairs`` pairs up to the task's most: the short ones teach recall
-    long before the long ones can (as zoology trains MQAR on a mix of 4 to 64 pairs)."""
-    return dataclasses.replace(task, min_pairs=min(min_pairs, task.min_pairs))
+class Curriculum:
+    """Training contexts hold from ``min_pairs`` pairs up to a maximum that starts at ``start_max_pairs`` and
+    grows by one, up to the task's most, each time the answers of a logging window were right at least
+    ``grow_at`` of the time. A model learns to bind keys to values (instead of answering any value of the
+    context) on short contexts first: zoology trains MQAR on a mix of 4 to 64 pairs for the same reason."""
+
+    def __init__(self, task: RecallTask, min_pairs: int, start_max_pairs: int, grow_at: float) -> None:
+        self.final = task
+        self.grow_at = grow_at
+        self.task = dataclasses.replace(
+            task, min_pairs=min(min_pairs, task.min_pairs), max_pairs=min(start_max_pairs, task.max_pairs)
+        )
+
+    def update(self, answer_accuracy: float) -> None:
+        if answer_accuracy >= self.grow_at and self.task.max_pairs < self.final.max_pairs:
+            self.task = dataclasses.replace(self.task, max_pairs=self.task.max_pairs + 1)
 
 
 def make_batch(
@@ -151,6 +185,12 @@ def first_answer_right(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return (picked == targets.gather(1, span)).all(1)
 
 
+def answers_right(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+    """``(right, asked)``: the answers' value letters the model's argmax gets right (teacher-forced)."""
+    is_value = (targets != IGNORE) & (targets != ord("\n"))
+    return int((logits.argmax(-1)[is_value] == targets[is_value]).sum()), int(is_value.sum())
+
+
 def _share(right: list[torch.Tensor]) -> float | None:
     return round(torch.cat(right).float().mean().item(), 3) if right else None
 
@@ -177,7 +217,7 @@ def train(
     config, train_cfg, checkpoint = model_settings(settings, name)
     out = out or checkpoint
     task = RecallTask(**settings["task"])
-    train_task = training_task(task, train_cfg["min_pairs"])
+    curriculum = Curriculum(task, train_cfg["min_pairs"], train_cfg["start_max_pairs"], train_cfg["grow_at"])
     steps = steps or train_cfg["steps"]
     torch.set_flush_denormal(True)  # tiny gradients turn subnormal and make CPU matmuls ~100x slower
     torch.set_num_threads(train_cfg["threads"])
@@ -187,23 +227,29 @@ def train(
     for pname, p in model.named_parameters():
         if p.dim() > 1:
             torch.nn.init.normal_(p, std=0.02 if "embeddings" in pname else 1 / math.sqrt(p.shape[1]))
+    if train_cfg.get("init_from"):
+        warm_start(model, EXAMPLE_DIR / train_cfg["init_from"])
     model.to(device)  # initialised on the CPU: the same start on any device
     use_quadratic_attention(model)
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
     warmup = train_cfg["warmup"]
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
+    decay = min(train_cfg["decay_steps"], steps)  # constant after the warmup, then a cosine to zero
+
+    def lr_factor(s: int) -> float:
+        decayed = max(s - (steps - decay), 0) / decay
+        return min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(decayed, 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     log_every = train_cfg["log_every"]
     points: list[dict[str, Any]] = []
-    window: list[tuple[float, torch.Tensor, bool]] = []
+    window: list[tuple[float, torch.Tensor, bool, tuple[int, int]]] = []
     start, cpu_start, load_start = time.time(), time.process_time(), os.getloadavg()
     for step in range(1, steps + 1):
         twice = rng.random() < train_cfg["read_twice_fraction"]
         ids, mask, targets = (
             t.to(device)
             for t in make_batch(
-                rng, train_task, train_cfg["batch_size"], train_cfg["queries_per_row"], config, twice
+                rng, curriculum.task, train_cfg["batch_size"], train_cfg["queries_per_row"], config, twice
             )
         )
         logits = model(ids, mask)
@@ -213,20 +259,27 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        window.append((loss.item(), first_answer_right(logits.detach(), targets), twice))
+        logits = logits.detach()
+        window.append(
+            (loss.item(), first_answer_right(logits, targets), twice, answers_right(logits, targets))
+        )
         if step % log_every == 0 or step == steps:
-            once = [r for _, r, t in window if not t]
-            twice_right = [r for _, r, t in window if t]
+            once = [r for _, r, t, _ in window if not t]
+            twice_right = [r for _, r, t, _ in window if t]
+            accuracy = sum(a[0] for *_, a in window) / max(sum(a[1] for *_, a in window), 1)
             point = {
                 "step": step,
                 "seconds": round(time.time() - start, 1),
                 "cpu_seconds": round(time.process_time() - cpu_start, 1),
-                "loss": round(sum(lo for lo, _, _ in window) / len(window), 4),
+                "loss": round(sum(lo for lo, *_ in window) / len(window), 4),
                 "first_answer_once": _share(once),
                 "first_answer_twice": _share(twice_right),
+                "answers": round(accuracy, 3),
+                "pairs": [curriculum.task.min_pairs, curriculum.task.max_pairs],
             }
             points.append(point)
             window = []
+            curriculum.update(accuracy)
             if not quiet:
                 print(json.dumps(point), file=sys.stderr, flush=True)
     save_checkpoint(model.eval(), out)
@@ -248,7 +301,8 @@ def train(
                 "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
                 "curve": points,
                 "curve_note": "first_answer_*: share of training rows whose first answer the model gets "
-                "right (argmax, teacher-forced) over the last log_every steps; rows are fresh draws",
+                "right (argmax, teacher-forced) over the last log_every steps; answers: share of all the rows' "
+                "answers right; pairs: the curriculum's range of pairs per context; rows are fresh draws",
             },
         )
     print(f"wrote {out} ({time.time() - start:.0f} s)", file=sys.stderr)
