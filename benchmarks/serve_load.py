@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import platform
-import random
 import signal
 import socket
 import statistics
@@ -40,9 +39,10 @@ from typing import Any
 import httpx
 import psutil
 
-from jrtc.example import CHECKPOINT, SETTINGS
-from jrtc.example.recall_task import make_example
+from jrtc.example import CHECKPOINT
+from jrtc.example.recall_task import eval_rows, load_task
 from jrtc.runtime import Engine, SamplingParams, build_prompt
+from jrtc.runtime.eval import item_from_row
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
 REQUEST_TIMEOUT_S = 120.0  # one request; the whole run is bounded by levels x rounds x requests of these
@@ -59,10 +59,9 @@ def log(quiet: bool, *args: object) -> None:
 
 
 def contexts(count: int) -> list[tuple[str, str]]:
-    """``count`` recall tasks (context, question) of the example's training distribution."""
-    task = json.loads(SETTINGS.read_text())["task"]
-    rng = random.Random(0)
-    return [(ex.context, ex.question) for ex in (make_example(rng, **task) for _ in range(count))]
+    """``count`` (context, question) pairs of the example's recall task (``jrtc eval --task recall``'s rows)."""
+    items = [item_from_row(row) for row in eval_rows(load_task(), count, seed=0)]
+    return [(item.context, item.question) for item in items]
 
 
 @dataclass
