@@ -100,8 +100,12 @@ def measure(name: str, checkpoint: Path, limit: int | None, workdir: Path) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, help="evaluate the first N prompts only (default: the settings')")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--limit", type=int, help="evaluate the first N prompts only (default: the settings')"
+    )
     args = parser.parse_args()
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as workdir:

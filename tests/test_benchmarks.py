@@ -14,7 +14,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py")))
 def test_benchmark_imports(script: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("JRTC_MANIFEST", "jrtc.json")  # polygraphy_inputs.py reads it at import, the file later
+    # polygraphy_inputs.py reads the variable at import and the file it names only later
+    monkeypatch.setenv("JRTC_MANIFEST", "jrtc.json")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # kernel_resources.py refuses it (it compiles)
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # scripts import their neighbours
     name = f"benchmark_{Path(script).stem}"

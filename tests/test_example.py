@@ -132,6 +132,21 @@ def test_warm_start_takes_the_based_weights_and_copies_the_decoder_into_the_enco
         warm_start(jrt, tmp_path / "small.pt")
 
 
+def test_training_from_a_missing_checkpoint_fails_in_one_line(tmp_path: Path) -> None:
+    settings = json.loads(SETTINGS.read_text())
+    settings["models"]["jrt"]["train"] = {"init_from": "no-such.pt"}
+    changed = tmp_path / "settings.json"
+    changed.write_text(json.dumps(settings))
+    run = subprocess.run(
+        [sys.executable, "-m", "jrtc.example.train", "jrt", "--settings", changed, "--steps", "1"]
+        + ["--out", tmp_path / "model.pt", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1 and not (tmp_path / "model.pt").exists()
+    assert run.stderr.count("\n") == 1 and "no-such.pt" in run.stderr, run.stderr
+
+
 @pytest.mark.parametrize(("name", "checkpoint"), [("jrt", CHECKPOINT), ("based", BASED_CHECKPOINT)])
 def test_shipped_checkpoints_are_the_models_of_the_settings(name: str, checkpoint: Path) -> None:
     config, _, path = model_settings(load_settings(), name)

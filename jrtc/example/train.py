@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from jrtc.checkpoint import load_checkpoint, save_checkpoint
 from jrtc.config import JRTConfig
+from jrtc.errors import JrtcError
 from jrtc.example import EXAMPLE_DIR, SETTINGS
 from jrtc.example.recall_task import RecallTask, load_settings, row
 from jrtc.layers import PrefixLinearAttention
@@ -322,7 +323,10 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--device", default="cpu", help="where to train, e.g. cuda (default: cpu)")
     args = parser.parse_args()
-    train(args.model, args.settings, args.steps, args.out, args.curve, args.quiet, args.device)
+    try:
+        train(args.model, args.settings, args.steps, args.out, args.curve, args.quiet, args.device)
+    except JrtcError as exc:  # e.g. init_from names a checkpoint that is missing: train Based first
+        sys.exit(f"jrtc.example.train: error: {exc}")
 
 
 if __name__ == "__main__":
