@@ -110,7 +110,7 @@ def test_answers_right_counts_the_value_letters_only() -> None:
     targets = torch.tensor([[IGNORE, ord("a"), ord("\n"), IGNORE, ord("b"), ord("\n")]])
     logits = torch.zeros(1, 6, 256)
     logits[0, 1, ord("a")] = logits[0, 4, ord("c")] = 1  # first right, second wrong; newlines not counted
-    assert answers_right(logits, targets) == (1, 2)
+    assert answers_right(logits.argmax(-1), targets) == (1, 2)
 
 
 def test_warm_start_takes_the_based_weights_and_copies_the_decoder_into_the_encoder(tmp_path: Path) -> None:

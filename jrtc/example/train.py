@@ -178,18 +178,19 @@ def make_batch(
     return ids, mask, targets
 
 
-def first_answer_right(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per row: did the model's argmax get every token of the first answer right (teacher-forced)?"""
+def first_answer_right(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row: did the model's argmax ``predicted`` get every token of the first answer right
+    (teacher-forced)?"""
     first = (targets != IGNORE).int().argmax(1)  # where the first answer's first token is predicted
-    span = first[:, None] + torch.arange(2)  # the value's letter and its newline
-    picked = logits.argmax(-1).gather(1, span)
-    return (picked == targets.gather(1, span)).all(1)
+    span = first[:, None] + torch.arange(2, device=targets.device)  # the value's letter and its newline
+    return (predicted.gather(1, span) == targets.gather(1, span)).all(1)
 
 
-def answers_right(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
-    """``(right, asked)``: the answers' value letters the model's argmax gets right (teacher-forced)."""
+def answers_right(predicted: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+    """``(right, asked)``: the answers' value letters the model's argmax ``predicted`` gets right
+    (teacher-forced)."""
     is_value = (targets != IGNORE) & (targets != ord("\n"))
-    return int((logits.argmax(-1)[is_value] == targets[is_value]).sum()), int(is_value.sum())
+    return int((predicted[is_value] == targets[is_value]).sum()), int(is_value.sum())
 
 
 def _share(right: list[torch.Tensor]) -> float | None:
@@ -260,9 +261,9 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        logits = logits.detach()
+        predicted = logits.detach().argmax(-1)
         window.append(
-            (loss.item(), first_answer_right(logits, targets), twice, answers_right(logits, targets))
+            (loss.item(), first_answer_right(predicted, targets), twice, answers_right(predicted, targets))
         )
         if step % log_every == 0 or step == steps:
             once = [r for _, r, t, _ in window if not t]
