@@ -30,7 +30,7 @@ import tempfile
 import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -193,6 +193,16 @@ def answers_right(predicted: torch.Tensor, targets: torch.Tensor) -> tuple[int, 
     return int((predicted[is_value] == targets[is_value]).sum()), int(is_value.sum())
 
 
+class StepRecord(NamedTuple):
+    """What one training step logs, summed over a logging window."""
+
+    loss: float
+    first_right: torch.Tensor  # per row: the first answer right
+    twice: bool  # the batch was read twice
+    answers_right: int
+    answers_asked: int
+
+
 def _share(right: list[torch.Tensor]) -> float | None:
     return round(torch.cat(right).float().mean().item(), 3) if right else None
 
@@ -244,7 +254,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     log_every = train_cfg["log_every"]
     points: list[dict[str, Any]] = []
-    window: list[tuple[float, torch.Tensor, bool, tuple[int, int]]] = []
+    window: list[StepRecord] = []
     start, cpu_start, load_start = time.time(), time.process_time(), os.getloadavg()
     for step in range(1, steps + 1):
         twice = rng.random() < train_cfg["read_twice_fraction"]
@@ -263,17 +273,19 @@ def train(
         sched.step()
         predicted = logits.detach().argmax(-1)
         window.append(
-            (loss.item(), first_answer_right(predicted, targets), twice, answers_right(predicted, targets))
+            StepRecord(
+                loss.item(), first_answer_right(predicted, targets), twice, *answers_right(predicted, targets)
+            )
         )
         if step % log_every == 0 or step == steps:
-            once = [r for _, r, t, _ in window if not t]
-            twice_right = [r for _, r, t, _ in window if t]
-            accuracy = sum(a[0] for *_, a in window) / max(sum(a[1] for *_, a in window), 1)
+            once = [r.first_right for r in window if not r.twice]
+            twice_right = [r.first_right for r in window if r.twice]
+            accuracy = sum(r.answers_right for r in window) / max(sum(r.answers_asked for r in window), 1)
             point = {
                 "step": step,
                 "seconds": round(time.time() - start, 1),
                 "cpu_seconds": round(time.process_time() - cpu_start, 1),
-                "loss": round(sum(lo for lo, *_ in window) / len(window), 4),
+                "loss": round(sum(r.loss for r in window) / len(window), 4),
                 "first_answer_once": _share(once),
                 "first_answer_twice": _share(twice_right),
                 "answers": round(accuracy, 3),
