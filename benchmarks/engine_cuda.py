@@ -97,23 +97,26 @@ def check_example(engines: Path, log: Log) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def check_big(engines: Path, log: Log, steps: int = 128) -> dict[str, Any]:
+def check_big(
+    engines: Path, log: Log, steps: int = 128, lengths: tuple[int, int] = (600, 3000)
+) -> dict[str, Any]:
+    """``lengths``: one prompt shorter than the encoder (left-padded), one past it (JRT-360M's is 1024)."""
     engine = Engine.load(engines / "jrt360m-cuda")
-    model = jrtc.load_checkpoint(
-        engines / "jrt360m.pt", dtype=torch.bfloat16, device="cuda", use_kernels=True
-    )
+    # The reference in the package's own dtype and device: bf16 on the GPU, fp32 on the CPU (CI's dry run).
+    device, dtype = engine.manifest.raw["device"], getattr(torch, engine.manifest.raw["dtype"])
+    model = jrtc.load_checkpoint(engines / "jrt360m.pt", dtype=dtype, device=device, use_kernels=True)
     vocab = engine.manifest.vocab_size
     results = {}
-    for length in (600, 3000):  # shorter than the encoder (left-padded), and past it
+    for length in lengths:
         prompt = torch.randint(0, vocab, (length,), generator=torch.Generator().manual_seed(length)).tolist()
         ids, num_pad = _padded(prompt, engine)
         state = model.init_state(1)
-        mask = torch.arange(len(ids), device="cuda")[None] >= num_pad
-        ref = [model.prefill(torch.tensor([ids], device="cuda"), state, mask)[:, -1].float()]
+        mask = torch.arange(len(ids), device=device)[None] >= num_pad
+        ref = [model.prefill(torch.tensor([ids], device=device), state, mask)[:, -1].float()]
         tokens, logits = _generate(engine, prompt, steps)
         agree = 0
         for token, engine_logits in zip(tokens[:-1], logits[1:], strict=True):
-            step = model.step(torch.tensor([token], device="cuda"), state).float()
+            step = model.step(torch.tensor([token], device=device), state).float()
             ref.append(step)
             agree += int(step.argmax(-1).item() == int(engine_logits[:vocab].argmax()))
         ref_np = torch.cat(ref).cpu().numpy()

@@ -49,7 +49,7 @@ MODELS = {
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
-    """name -> {"onnx": engine dir, "aoti": engine dir}, both exported from the same checkpoint."""
+    """name -> {"onnx": engine dir, "aoti": engine dir, "checkpoint": what both were exported from}."""
     root = tmp_path_factory.mktemp("aoti")
     out = {}
     for name, (hf_options, options) in MODELS.items():
@@ -58,7 +58,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Pat
             hf = hf_config(**hf_options)
             hf["eos_token_id"] = 10
             checkpoint = write_hf_checkpoint(root / f"{name}-ckpt", hf, random_state_dict(hf, seed=3))
-        out[name] = {}
+        out[name] = {"checkpoint": checkpoint}
         for fmt in ("onnx", "aoti"):
             export_with_cli(checkpoint, root / f"{name}-{fmt}", [*options, "--format", fmt])
             out[name][fmt] = root / f"{name}-{fmt}"
@@ -208,6 +208,34 @@ Engine.load({str(engines["example"]["aoti"])!r})
 assert "torch" in sys.modules
 """
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gpu_engine_checks_pass_on_cpu_packages(
+    engines: dict[str, dict[str, Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The correctness half of benchmarks/gpu_engine.sh (``engine_cuda.py --check``), on CPU packages laid out
+    as that script lays out its cuda ones: it runs and finds them right, so a GPU's few minutes are not spent
+    on a script that rotted where nothing ran it."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import engine_cuda
+    from _bench_common import Log
+
+    for name, target in {
+        "example-cpu": engines["example"]["onnx"],
+        "example-cuda-float32": engines["example"]["aoti"],
+        "example-cuda-bfloat16": engines["example"]["aoti"],
+        "jrt360m-cuda": engines["random-jrt"]["aoti"],
+        "jrt360m.pt": engines["random-jrt"]["checkpoint"],
+    }.items():
+        (tmp_path / name).symlink_to(target)
+    log = Log(quiet=True)
+    example = engine_cuda.check_example(tmp_path, log)
+    assert len(example) == 6 and all(r["greedy_equal"] and r["logits_rel_err"] < 1e-4 for r in example.values())
+    m = Engine.load(engines["random-jrt"]["aoti"]).manifest
+    big = engine_cuda.check_big(tmp_path, log, steps=8, lengths=(m.enc_length // 2, 2 * m.max_prompt_len + 7))
+    assert len(big) == 2, big
+    for r in big.values():
+        assert r["greedy_agreement"] == 1.0 and r["logits_rel_err_max"] < 1e-4, r
 
 
 def _edit_manifest(engine_dir: Path, **fields: object) -> None:
